@@ -1,0 +1,41 @@
+# RIS edge-deployment pipeline. Start with `make demo` and `make test`; `make help` lists every target.
+SHELL := /bin/bash
+PYTHON3 ?= python3
+# The venv lives in a cache folder keyed by the hash of the dependency pins, so fresh clones reuse it.
+VENV ?= $(shell $(PYTHON3) tools/ensure_venv.py --print-path)
+PY := $(VENV)/bin/python
+CONFIG ?= configs/demo.yaml
+RUN_ARGS ?=
+PYTEST_ARGS ?=
+export PYTHONPATH := $(CURDIR)
+export HF_HUB_OFFLINE ?= 1
+export TOKENIZERS_PARALLELISM ?= false
+
+.PHONY: help setup demo test test-all lint status clean-runs stages
+
+help:  ## list targets
+	@grep -E '^[a-zA-Z0-9_.-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-20s %s\n", $$1, $$2}'
+
+setup:  ## create or refresh the project's virtual environment (idempotent; ~2 min on first use)
+	@$(PYTHON3) tools/ensure_venv.py --venv "$(VENV)"
+
+demo: setup  ## run the whole pipeline on the embedded default (SynRef + demo model)
+	$(PY) -m pipeline run --config $(CONFIG) $(RUN_ARGS)
+
+test: setup  ## fast test suite (slow tests excluded)
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+test-all: setup  ## every test, slow ones included
+	$(PY) -m pytest -q -m "not trt or trt" $(PYTEST_ARGS)
+
+lint: setup  ## ruff
+	$(PY) -m ruff check .
+
+status: setup  ## show each stage of the demo run: done / stale / missing
+	$(PY) -m pipeline status --config $(CONFIG) $(RUN_ARGS)
+
+stages: setup  ## list the pipeline's stages
+	$(PY) -m pipeline stages
+
+clean-runs:  ## remove every run folder (runs/)
+	rm -rf runs

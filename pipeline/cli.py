@@ -1,0 +1,120 @@
+"""Command line of the pipeline.
+
+Usage: ``python -m pipeline run --config configs/demo.yaml [--stages data,train] [--set data.seed=7]``
+(also installed as the ``s2rm`` console script). Sub-commands: ``run``, ``status``, ``clean``, ``stages``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from pipeline.config import Config, load_config
+from pipeline.errors import PipelineError
+
+log = logging.getLogger("pipeline")
+
+
+def _stage_list(text: str | None) -> list[str] | None:
+    if not text:
+        return None
+    return [s.strip() for s in text.split(",") if s.strip()]
+
+
+def _add_config_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", "-c", default=None, help="YAML config (default: built-in defaults)")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value, e.g. --set data.seed=7 (repeatable)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="s2rm", description="RIS edge-deployment pipeline")
+    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run stages (and the upstream stages they need); cached stages are skipped")
+    _add_config_args(run)
+    run.add_argument("--stages", default=None, help="comma-separated stages (default: all)")
+    run.add_argument("--force", action="store_true", help="redo the named stages even when cached")
+
+    status = sub.add_parser("status", help="show each stage: done / stale / missing / disabled")
+    _add_config_args(status)
+    status.add_argument("--verify", action="store_true", help="also re-hash every output file")
+
+    clean = sub.add_parser("clean", help="remove stage outputs of a run")
+    _add_config_args(clean)
+    clean.add_argument("--stages", default=None, help="comma-separated stages (default: the whole run)")
+
+    sub.add_parser("stages", help="list the stages with their upstream stages and config sections")
+    return parser
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level), format="%(asctime)s %(levelname)-7s %(name)s: %(message)s", datefmt="%H:%M:%S"
+    )
+
+
+def cmd_run(args: argparse.Namespace, cfg: Config) -> int:
+    from pipeline.runner import Runner
+
+    runner = Runner(cfg)
+    outcomes = runner.run(_stage_list(args.stages), force=args.force)
+    for st in outcomes:
+        log.info("%-9s %s %s", st.stage, st.state, st.reason)
+    return 0
+
+
+def cmd_status(args: argparse.Namespace, cfg: Config) -> int:
+    from pipeline.runner import Runner
+
+    runner = Runner(cfg)
+    print(f"run folder: {runner.run_dir}")
+    for st in runner.statuses(verify=args.verify):
+        print(f"  {st.stage:<10} {st.state:<9} {st.reason}")
+    return 0
+
+
+def cmd_clean(args: argparse.Namespace, cfg: Config) -> int:
+    from pipeline.runner import Runner
+
+    for path in Runner(cfg).clean(_stage_list(args.stages)):
+        log.info("removed %s", path)
+    return 0
+
+
+def cmd_stages(args: argparse.Namespace) -> int:
+    from pipeline.stage import load_stages, order
+
+    registry = load_stages()
+    for name in order(None):
+        st = registry[name]
+        print(f"{name:<10} upstream: {', '.join(st.upstream) or '-':<28} sections: {', '.join(st.sections) or '-'}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _setup_logging(args.log_level)
+    try:
+        if args.command == "stages":
+            return cmd_stages(args)
+        cfg = load_config(args.config, args.overrides)
+        return {"run": cmd_run, "status": cmd_status, "clean": cmd_clean}[args.command](args, cfg)
+    except PipelineError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: unfinished stages keep no manifest and will be redone", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,304 @@
+"""One typed config tree, loaded from YAML with ``--set a.b=value`` overrides.
+
+Usage: ``cfg = load_config("configs/demo.yaml", ["data.seed=7"])``.
+
+Unknown keys, wrong types and out-of-range values raise :class:`ConfigError` naming the key, the value and the valid
+set, with the closest valid key as a suggestion. A config file may ``extends: other.yaml`` (path relative to itself);
+the resolved tree is what every run records.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from pipeline.errors import ConfigError, closest
+
+SPLITS = ("train", "val", "test", "testA", "testB", "testC")
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
+
+
+class RunConfig(Section):
+    name: str = Field("demo", pattern=r"^[A-Za-z0-9_.-]+$", description="run folder name under root")
+    root: Path = Path("runs")
+    seed: int = Field(0, ge=0)
+
+
+class SynRefConfig(Section):
+    """Sizes of the generated data set (images per split) and scene ranges."""
+
+    images: dict[str, int] = Field(
+        default_factory=lambda: {"train": 1200, "val": 120, "testA": 80, "testB": 80},
+        description="images per split; splits from train, val, testA, testB",
+    )
+    min_objects: int = Field(3, ge=2, le=12)
+    max_objects: int = Field(8, ge=2, le=12)
+    min_side: int = Field(192, ge=64, le=2048)
+    max_side: int = Field(320, ge=64, le=4096)
+    max_sentences: int = Field(3, ge=1, le=5)
+    image_format: Literal["jpg", "png"] = "jpg"
+
+
+class DataConfig(Section):
+    dataset: Literal["synref", "refcoco", "refcoco+", "refcocog", "refclef"] = "synref"
+    root: Path | None = Field(None, description="REFER data root (the folder holding refcoco/ etc.); synref: unused")
+    images: Path | None = Field(None, description="images folder; default: the REFER convention under root")
+    split_by: Literal["unc", "google", "umd", "berkeley"] = "unc"
+    seed: int = Field(0, ge=0)
+    synref: SynRefConfig = Field(default_factory=SynRefConfig)
+    train_split: str = "train"
+    eval_splits: list[str] = Field(default_factory=lambda: ["val", "testA", "testB"])
+
+
+class ModelConfig(Section):
+    variant: str = "demo"
+    img_size: int | None = Field(None, ge=32, le=2048, description="square input side; default: the variant's")
+    max_tokens: int = Field(20, ge=4, le=512)
+    text_dir: Path | None = Field(None, description="HF directory of the text encoder and tokenizer")
+    vision_checkpoint: Path | None = Field(None, description="timm checkpoint file for the vision encoder")
+    allow_download: bool = Field(False, description="let timm/HF download weights from the hub (needs internet)")
+    shift_steps: int | None = Field(None, ge=0, le=8, description="K of recurrent coparsing; 0 = no cyclic shifts")
+    balancing: bool | None = None
+    casg_attention: bool | None = None
+    sentence_pool: Literal["mean", "cls"] | None = None
+    threshold: float = Field(0.5, gt=0.0, lt=1.0, description="sigmoid threshold of the mask")
+
+
+class TrainConfig(Section):
+    steps: int = Field(1500, ge=1)
+    batch_size: int = Field(8, ge=1)
+    lr: float = Field(5e-5, gt=0)
+    encoder_lr: float | None = Field(None, gt=0, description="lr of pretrained encoders; default: lr")
+    weight_decay: float = Field(1e-2, ge=0)
+    warmup_steps: int = Field(50, ge=0)
+    poly_power: float = Field(0.9, ge=0)
+    grad_clip: float = Field(1.0, ge=0)
+    dice_weight: float = Field(1.0, ge=0)
+    bce_weight: float = Field(1.0, ge=0)
+    eval_every: int = Field(250, ge=1)
+    eval_samples: int = Field(400, ge=1)
+    checkpoint_every: int = Field(100, ge=1)
+    best_metric: Literal["miou", "oiou"] = "miou"
+    amp: Literal["auto", "bf16", "fp16", "off"] = "auto"
+    num_workers: int = Field(2, ge=0)
+    freeze_text: bool = False
+    threads: int | None = Field(None, ge=1)
+
+
+class DistillConfig(Section):
+    enabled: bool = False
+    student: str = "edge"
+    teacher_checkpoint: Path | None = None
+    steps: int = Field(1000, ge=1)
+    temperature: float = Field(2.0, gt=0)
+    logit_weight: float = Field(1.0, ge=0)
+    feature_weight: float = Field(0.0, ge=0)
+
+
+class ExportConfig(Section):
+    opset: int | None = Field(None, ge=13, le=23, description="default: what the exporter gives")
+    parity_samples: int = Field(8, ge=1)
+    fp16: bool = True
+    split_graphs: bool = True
+
+
+class CalibrateConfig(Section):
+    samples: int = Field(300, ge=1)
+
+
+class QuantConfig(Section):
+    openvino: bool = True
+    qdq: bool = True
+    qdq_backend: Literal["auto", "modelopt", "onnxruntime"] = "auto"
+    budget_miou: float = Field(1.0, gt=0, description="hard budget: allowed mIoU drop in points")
+    target_miou: float = Field(0.5, gt=0, description="target mIoU drop in points")
+    accuracy_control: bool = False
+    eval_samples: int = Field(200, ge=1)
+    max_fallback_steps: int = Field(8, ge=0)
+
+
+class BuildConfig(Section):
+    workspace_mb: int = Field(2048, ge=64)
+
+
+class ValidateConfig(Section):
+    bootstrap: int = Field(1000, ge=100)
+    max_samples: int | None = Field(None, ge=1)
+
+
+class BenchConfig(Section):
+    warmup: int = Field(5, ge=0)
+    runs: int = Field(50, ge=1)
+    threads: int | None = Field(None, ge=1)
+    expressions: list[int] = Field(default_factory=lambda: [1, 4, 8])
+
+
+class DeviceConfig(Section):
+    name: str = "x86-cpu"
+    backend: Literal["openvino", "onnxruntime", "tensorrt"] = "openvino"
+    precision: Literal["fp32", "fp16", "int8"] = "int8"
+    img_size: int | None = Field(None, ge=32, le=2048)
+    trt_version: str | None = None
+    dla_core: int | None = Field(None, ge=0, le=1)
+    workspace_mb: int = Field(2048, ge=64)
+    threads: int | None = Field(None, ge=1)
+    opset: int | None = Field(None, ge=13, le=23)
+
+
+class Config(Section):
+    run: RunConfig = Field(default_factory=RunConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    distill: DistillConfig = Field(default_factory=DistillConfig)
+    export: ExportConfig = Field(default_factory=ExportConfig)
+    calibrate: CalibrateConfig = Field(default_factory=CalibrateConfig)
+    quant: QuantConfig = Field(default_factory=QuantConfig)
+    build: BuildConfig = Field(default_factory=BuildConfig)
+    validate_: ValidateConfig = Field(default_factory=ValidateConfig, alias="validate")
+    bench: BenchConfig = Field(default_factory=BenchConfig)
+    device: DeviceConfig = Field(default_factory=DeviceConfig)
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, protected_namespaces=())
+
+    def section(self, name: str) -> dict[str, Any]:
+        """The JSON-ready content of one top-level section (what a stage's cache key hashes)."""
+        dumped = self.to_dict()
+        if name not in dumped:
+            raise ConfigError(f"unknown config section {name!r}{closest(name, dumped)}; valid: {', '.join(dumped)}")
+        return dumped[name]
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", by_alias=True)
+
+    def digest(self, sections: list[str] | None = None) -> str:
+        tree = self.to_dict()
+        if sections is not None:
+            tree = {k: tree[k] for k in sections}
+        return hashlib.sha256(json.dumps(tree, sort_keys=True).encode()).hexdigest()
+
+
+def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    path = path.resolve()
+    if path in seen:
+        raise ConfigError(f"config {path} extends itself through {' -> '.join(map(str, seen))}")
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        tree = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
+    if not isinstance(tree, dict):
+        raise ConfigError(f"config file {path} must hold a mapping at the top, got {type(tree).__name__}")
+    parent = tree.pop("extends", None)
+    if parent is None:
+        return tree
+    base = _read_yaml(path.parent / str(parent), (*seen, path))
+    return _merge(base, tree)
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def _known_keys(model: type[BaseModel]) -> list[str]:
+    return [(f.alias or name) for name, f in model.model_fields.items()]
+
+
+def _field_model(model: type[BaseModel], key: str) -> type[BaseModel] | None:
+    for name, field in model.model_fields.items():
+        if key in (name, field.alias):
+            ann = field.annotation
+            return ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
+    return None
+
+
+def apply_override(tree: dict[str, Any], assignment: str) -> None:
+    """Apply one ``a.b=value`` (value parsed as YAML) to a raw config tree, checking each key exists."""
+    if "=" not in assignment:
+        raise ConfigError(f"override {assignment!r} is not of the form key.path=value")
+    dotted, raw = assignment.split("=", 1)
+    parts = [p for p in dotted.strip().split(".") if p]
+    if not parts:
+        raise ConfigError(f"override {assignment!r} names no key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override {assignment!r}: value {raw!r} is not valid YAML: {exc}") from exc
+    model: type[BaseModel] | None = Config
+    node = tree
+    for depth, part in enumerate(parts):
+        here = ".".join(parts[: depth + 1])
+        if model is not None:
+            known = _known_keys(model)
+            if part not in known:
+                raise ConfigError(
+                    f"unknown config key {here!r}{closest(part, known)}; valid keys here: {', '.join(known)}"
+                )
+        if depth == len(parts) - 1:
+            node[part] = value
+            return
+        nxt = node.get(part)
+        if not isinstance(nxt, dict):
+            nxt = {}
+            node[part] = nxt
+        node = nxt
+        model = _field_model(model, part) if model is not None else None
+
+
+def _explain(exc: ValidationError, tree: dict[str, Any]) -> ConfigError:
+    lines = []
+    for err in exc.errors():
+        loc = [str(p) for p in err["loc"]]
+        key = ".".join(loc)
+        if err["type"] == "extra_forbidden":
+            model: type[BaseModel] | None = Config
+            for part in loc[:-1]:
+                model = _field_model(model, part) if model else None
+            known = _known_keys(model) if model else []
+            hint = closest(loc[-1], known)
+            lines.append(f"unknown config key {key!r}{hint}; valid keys here: {', '.join(known)}")
+            continue
+        value = err.get("input")
+        extra = ""
+        ctx = err.get("ctx") or {}
+        if "expected" in ctx:
+            extra = closest(str(value), [v.strip(" '") for v in str(ctx["expected"]).replace(" or ", ",").split(",")])
+        lines.append(f"config key {key!r} = {value!r}: {err['msg']}{extra}")
+    return ConfigError("invalid configuration:\n  " + "\n  ".join(lines))
+
+
+def build_config(tree: dict[str, Any]) -> Config:
+    try:
+        return Config.model_validate(tree)
+    except ValidationError as exc:
+        raise _explain(exc, tree) from None
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None) -> Config:
+    """Load a YAML config (or the defaults when ``path`` is None) and apply ``key.path=value`` overrides."""
+    tree = _read_yaml(Path(path)) if path is not None else {}
+    for assignment in overrides or []:
+        apply_override(tree, assignment)
+    return build_config(tree)
+
+
+def save_config(cfg: Config, path: Path) -> None:
+    from pipeline.io import atomic_write_text
+
+    atomic_write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))

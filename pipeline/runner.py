@@ -1,0 +1,286 @@
+"""The cached stage runner: decides per stage whether it is done, stale or missing, and runs what is needed.
+
+Usage: ``Runner(load_config("configs/demo.yaml")).run(["data"])``.
+
+A stage's cache key hashes its declared config sections, its upstream stages' manifests, its code version (declared
+version + hash of its module) and the versions of the toolchain packages it declares. Outputs are written into a work
+folder and renamed into ``runs/<run>/<stage>/`` only once ``manifest.json`` (files + sha256, timings, versions, key) is
+written, so an interrupted stage leaves no manifest and is redone; resumable stages (training) keep their work folder
+between attempts when the key still matches.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import platform
+import shutil
+import socket
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from pipeline.config import Config, save_config
+from pipeline.errors import PipelineError, StageError
+from pipeline.io import atomic_write_json, fsync_dir, sha256_file
+from pipeline.stage import TOOLCHAIN, Stage, StageContext, get_stage, load_stages, order
+
+log = logging.getLogger("pipeline")
+
+MANIFEST = "manifest.json"
+KEY_FILE = ".key.json"
+
+
+def package_version(name: str) -> str | None:
+    """Installed version of a distribution, or None (no import, so it is cheap)."""
+    for candidate in (name, name.replace("-", "_")):
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            return metadata.version(candidate)
+    return None
+
+
+def environment() -> dict[str, Any]:
+    return {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "host": socket.gethostname(),
+        "packages": {name: package_version(name) for name in TOOLCHAIN},
+    }
+
+
+def _digest(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _diff(old: Any, new: Any, prefix: str = "") -> list[str]:
+    """Leaf-level differences between two JSON trees, as readable ``key: old -> new`` lines."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        lines: list[str] = []
+        for key in sorted(set(old) | set(new)):
+            lines += _diff(old.get(key), new.get(key), f"{prefix}.{key}" if prefix else str(key))
+        return lines
+    return [] if old == new else [f"{prefix}: {old!r} -> {new!r}"]
+
+
+@dataclass
+class Status:
+    stage: str
+    state: str  # done | stale | missing | disabled
+    reason: str = ""
+
+
+class Runner:
+    """Runs stages of one run folder (``<run.root>/<run.name>``) for one resolved config."""
+
+    def __init__(self, cfg: Config):
+        self.cfg = cfg
+        self.run_dir = Path(cfg.run.root).resolve() / cfg.run.name
+        load_stages()
+
+    # ---- keys and manifests -------------------------------------------------------------------------------------
+    def stage_dir(self, name: str) -> Path:
+        return self.run_dir / name
+
+    def manifest(self, name: str) -> dict[str, Any] | None:
+        path = self.stage_dir(name) / MANIFEST
+        if not path.is_file():
+            return None
+        try:
+            return json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            log.warning("stage %s: unreadable manifest %s (%s); it will be redone", name, path, exc)
+            return None
+
+    def key_parts(self, st: Stage) -> dict[str, Any]:
+        upstream = {}
+        for up in st.upstream:
+            if not get_stage(up).is_enabled(self.cfg):
+                upstream[up] = "disabled"
+                continue
+            man = self.manifest(up)
+            upstream[up] = None if man is None else {"key": man["key"], "files": _digest(man["files"])}
+        return {
+            "stage": st.name,
+            "version": st.version,
+            "code": st.code_hash,
+            "sections": {s: self.cfg.section(s) for s in st.sections},
+            "upstream": upstream,
+            "toolchain": {t: package_version(t) for t in st.toolchain},
+        }
+
+    def status(self, name: str, verify: bool = False) -> Status:
+        st = get_stage(name)
+        if not st.is_enabled(self.cfg):
+            return Status(name, "disabled", "not enabled by the config")
+        for up in st.upstream:
+            up_status = self.status(up, verify)
+            if up_status.state in ("missing", "stale"):
+                return Status(
+                    name, "stale" if self.manifest(name) else "missing", f"upstream {up} is {up_status.state}"
+                )
+        man = self.manifest(name)
+        if man is None:
+            return Status(name, "missing", "no manifest")
+        parts = self.key_parts(st)
+        if man.get("key") != _digest(parts):
+            changes = _diff(man.get("key_parts", {}), parts)
+            return Status(name, "stale", "; ".join(changes[:6]) or "key changed")
+        broken = self._broken_files(name, man, verify)
+        if broken:
+            return Status(name, "stale", f"output files changed or missing: {', '.join(broken[:5])}")
+        return Status(name, "done", man.get("finished", ""))
+
+    def _broken_files(self, name: str, man: dict[str, Any], verify: bool) -> list[str]:
+        broken = []
+        for rel, info in man.get("files", {}).items():
+            path = self.stage_dir(name) / rel
+            size_ok = path.is_file() and path.stat().st_size == info["size"]
+            if not size_ok or (verify and sha256_file(path) != info["sha256"]):
+                broken.append(rel)
+        return broken
+
+    # ---- running -------------------------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _lock(self) -> Iterator[None]:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.run_dir / ".lock", "w") as fh:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise StageError(f"run folder {self.run_dir} is in use by another pipeline process") from None
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+
+    def run(self, names: list[str] | None = None, force: bool = False) -> list[Status]:
+        """Run the named stages (and the upstream stages they need) in dependency order; returns what happened."""
+        plan = order(names)
+        outcomes = []
+        with self._lock():
+            save_config(self.cfg, self.run_dir / "config.yaml")
+            for name in plan:
+                outcomes.append(self._run_one(get_stage(name), force=force and name in (names or plan)))
+        return outcomes
+
+    def _run_one(self, st: Stage, force: bool) -> Status:
+        status = self.status(st.name)
+        if status.state == "disabled":
+            log.info("stage %-9s disabled (%s)", st.name, status.reason)
+            return status
+        if status.state == "done" and not force:
+            log.info("stage %-9s cached (done %s)", st.name, status.reason)
+            return Status(st.name, "cached", status.reason)
+        why = "forced" if force else f"{status.state}: {status.reason}"
+        log.info("stage %-9s running (%s)", st.name, why)
+        parts = self.key_parts(st)
+        key = _digest(parts)
+        work = self.run_dir / f".{st.name}.work"
+        resumed = self._prepare_work(st, work, key)
+        upstream_dirs = {u: self.stage_dir(u) for u in st.upstream if get_stage(u).is_enabled(self.cfg)}
+        ctx = StageContext(
+            st.name,
+            self.cfg,
+            work,
+            self.run_dir,
+            upstream_dirs,
+            logging.getLogger(f"pipeline.{st.name}"),
+            resumed=resumed,
+        )
+        started = time.time()
+        try:
+            figures = st.fn(ctx) or {}
+        except PipelineError:
+            raise
+        except Exception as exc:
+            raise StageError(f"stage {st.name!r} failed: {type(exc).__name__}: {exc}") from exc
+        finished = time.time()
+        (work / KEY_FILE).unlink(missing_ok=True)
+        self._finalize(st, work, parts, key, figures, started, finished)
+        log.info("stage %-9s done in %.1f s -> %s", st.name, finished - started, self.stage_dir(st.name))
+        return Status(st.name, "ran", f"{finished - started:.1f} s")
+
+    def _prepare_work(self, st: Stage, work: Path, key: str) -> bool:
+        """Make a clean work folder, or keep an interrupted one of a resumable stage whose key still matches."""
+        key_file = work / KEY_FILE
+        if st.resumable and key_file.is_file():
+            with contextlib.suppress(OSError, json.JSONDecodeError):
+                if json.loads(key_file.read_text()).get("key") == key:
+                    log.info("stage %-9s resuming the interrupted attempt in %s", st.name, work)
+                    return True
+        if work.exists():
+            log.info("stage %-9s discarding the unfinished attempt in %s", st.name, work)
+            shutil.rmtree(work)
+        work.mkdir(parents=True)
+        atomic_write_json(key_file, {"key": key})
+        return False
+
+    def _finalize(
+        self,
+        st: Stage,
+        work: Path,
+        parts: dict[str, Any],
+        key: str,
+        figures: dict[str, Any],
+        started: float,
+        finished: float,
+    ) -> None:
+        files = {}
+        for path in sorted(p for p in work.rglob("*") if p.is_file()):
+            rel = path.relative_to(work).as_posix()
+            if rel == MANIFEST:
+                continue
+            files[rel] = {"sha256": sha256_file(path), "size": path.stat().st_size}
+        manifest = {
+            "stage": st.name,
+            "key": key,
+            "key_parts": parts,
+            "files": files,
+            "figures": figures,
+            "started": _dt.datetime.fromtimestamp(started, _dt.timezone.utc).isoformat(),
+            "finished": _dt.datetime.fromtimestamp(finished, _dt.timezone.utc).isoformat(),
+            "seconds": round(finished - started, 3),
+            "environment": environment(),
+        }
+        atomic_write_json(work / MANIFEST, manifest)
+        final = self.stage_dir(st.name)
+        old = self.run_dir / f".{st.name}.old"
+        if old.exists():
+            shutil.rmtree(old)
+        if final.exists():
+            os.replace(final, old)
+        os.replace(work, final)
+        fsync_dir(self.run_dir)
+        if old.exists():
+            shutil.rmtree(old)
+
+    def clean(self, names: list[str] | None = None) -> list[Path]:
+        """Remove the named stages' outputs (all stages and the run folder's leftovers when None)."""
+        removed = []
+        with self._lock():
+            targets = names or list(load_stages())
+            for name in targets:
+                get_stage(name)
+                for path in (self.stage_dir(name), self.run_dir / f".{name}.work", self.run_dir / f".{name}.old"):
+                    if path.exists():
+                        shutil.rmtree(path)
+                        removed.append(path)
+        return removed
+
+    def statuses(self, verify: bool = False) -> list[Status]:
+        return [self.status(name, verify) for name in order(None)]
+
+    def figures(self, name: str) -> dict[str, Any]:
+        man = self.manifest(name)
+        if man is None:
+            raise StageError(f"stage {name!r} has not finished in {self.run_dir}; run it first")
+        return man.get("figures", {})

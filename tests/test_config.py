@@ -1,0 +1,81 @@
+"""Config loading, overrides and the errors a user sees."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pipeline.config import Config, load_config, save_config
+from pipeline.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_demo_config_loads_and_overrides_apply():
+    cfg = load_config(ROOT / "configs/demo.yaml", ["data.seed=7", "train.lr=1e-4", "data.eval_splits=[val]"])
+    assert cfg.data.seed == 7
+    assert cfg.train.lr == pytest.approx(1e-4)
+    assert cfg.data.eval_splits == ["val"]
+    assert cfg.model.variant == "demo"
+
+
+def test_unknown_key_suggests_closest():
+    with pytest.raises(ConfigError, match=r"unknown config key 'data.sede'.*did you mean 'seed'"):
+        load_config(None, ["data.sede=3"])
+
+
+def test_unknown_key_in_yaml_suggests_closest(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("trian:\n  steps: 3\n")
+    with pytest.raises(ConfigError, match=r"'trian'.*did you mean 'train'"):
+        load_config(path)
+
+
+def test_wrong_type_names_key_and_value():
+    with pytest.raises(ConfigError, match=r"train.steps.*'many'"):
+        load_config(None, ["train.steps=many"])
+
+
+def test_out_of_range_names_key_value_and_bound():
+    with pytest.raises(ConfigError, match=r"train.batch_size.*0.*greater than or equal to 1"):
+        load_config(None, ["train.batch_size=0"])
+
+
+def test_bad_choice_lists_valid_set_and_suggests():
+    with pytest.raises(ConfigError, match=r"data.dataset.*'refcoc'.*refcoco.*did you mean"):
+        load_config(None, ["data.dataset=refcoc"])
+
+
+def test_override_syntax_error():
+    with pytest.raises(ConfigError, match="key.path=value"):
+        load_config(None, ["data.seed"])
+
+
+def test_extends_merges_and_detects_cycles(tmp_path):
+    (tmp_path / "base.yaml").write_text("train:\n  steps: 10\n  lr: 0.001\n")
+    (tmp_path / "child.yaml").write_text("extends: base.yaml\ntrain:\n  steps: 20\n")
+    cfg = load_config(tmp_path / "child.yaml")
+    assert (cfg.train.steps, cfg.train.lr) == (20, 0.001)
+    (tmp_path / "a.yaml").write_text("extends: b.yaml\n")
+    (tmp_path / "b.yaml").write_text("extends: a.yaml\n")
+    with pytest.raises(ConfigError, match="extends itself"):
+        load_config(tmp_path / "a.yaml")
+
+
+def test_missing_and_malformed_files(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("- a list\n- at the top\n")
+    with pytest.raises(ConfigError, match="mapping"):
+        load_config(bad)
+
+
+def test_resolved_config_round_trips(tmp_path):
+    cfg = load_config(ROOT / "configs/demo.yaml", ["data.seed=3"])
+    save_config(cfg, tmp_path / "config.yaml")
+    again = load_config(tmp_path / "config.yaml")
+    assert again == cfg
+    assert again.digest(["data"]) == cfg.digest(["data"])
+    assert Config().digest(["data"]) != cfg.digest(["data"])
