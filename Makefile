@@ -11,13 +11,16 @@ export PYTHONPATH := $(CURDIR)
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: help setup demo test test-all lint status clean-runs stages
+.PHONY: help setup venv-path demo test test-all lint status clean-runs stages
 
 help:  ## list targets
 	@grep -E '^[a-zA-Z0-9_.-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-20s %s\n", $$1, $$2}'
 
 setup:  ## create or refresh the project's virtual environment (idempotent; ~2 min on first use)
 	@$(PYTHON3) tools/ensure_venv.py --venv "$(VENV)"
+
+venv-path:  ## print the venv path
+	@echo $(VENV)
 
 demo: setup  ## run the whole pipeline on the embedded default (SynRef + demo model)
 	$(PY) -m pipeline run --config $(CONFIG) $(RUN_ARGS)

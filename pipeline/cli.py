@@ -53,6 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     clean.add_argument("--stages", default=None, help="comma-separated stages (default: the whole run)")
 
     sub.add_parser("stages", help="list the stages with their upstream stages and config sections")
+    sub.add_parser("devices", help="list the device profiles")
     return parser
 
 
@@ -96,7 +97,17 @@ def cmd_stages(args: argparse.Namespace) -> int:
     registry = load_stages()
     for name in order(None):
         st = registry[name]
-        print(f"{name:<10} upstream: {', '.join(st.upstream) or '-':<28} sections: {', '.join(st.sections) or '-'}")
+        where = "per device" if st.per_device else "shared"
+        ups = ", ".join(st.upstream) or "-"
+        print(f"{name:<10} {where:<10} upstream: {ups:<28} sections: {', '.join(st.sections)}")
+    return 0
+
+
+def cmd_devices(args: argparse.Namespace) -> int:
+    from pipeline.config import device_names, device_profile
+
+    for name in device_names():
+        print(f"{name:<22} {device_profile(name)['device'].get('description', '')}")
     return 0
 
 
@@ -106,7 +117,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "stages":
             return cmd_stages(args)
-        cfg = load_config(args.config, args.overrides)
+        if args.command == "devices":
+            return cmd_devices(args)
+        cfg = load_config(args.config, args.overrides, device=args.device)
         return {"run": cmd_run, "status": cmd_status, "clean": cmd_clean}[args.command](args, cfg)
     except PipelineError as exc:
         print(f"error: {exc}", file=sys.stderr)

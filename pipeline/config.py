@@ -143,15 +143,21 @@ class BenchConfig(Section):
 
 
 class DeviceConfig(Section):
+    """A deployment target (profiles in ``configs/devices/``, chosen with ``--device NAME``)."""
+
     name: str = "x86-cpu"
+    description: str = "x86-64 CPU host: OpenVINO INT8 and ONNX Runtime"
     backend: Literal["openvino", "onnxruntime", "tensorrt"] = "openvino"
     precision: Literal["fp32", "fp16", "int8"] = "int8"
-    img_size: int | None = Field(None, ge=32, le=2048)
-    trt_version: str | None = None
-    dla_core: int | None = Field(None, ge=0, le=1)
+    img_size: int | None = Field(None, ge=32, le=2048, description="input side for this device; default: the model's")
+    jetpack: str | None = Field(None, description="JetPack release the profile targets, e.g. '6.1'")
+    trt_version: str | None = Field(None, pattern=r"^\d+\.\d+", description="TensorRT version floor, e.g. '10.3'")
+    compute_capability: str | None = Field(None, description="GPU SM version, e.g. '8.7' (Orin)")
+    dla_core: int | None = Field(None, ge=0, le=1, description="DLA core to build for (GPU fallback on); None = GPU")
+    memory_gb: float | None = Field(None, gt=0)
     workspace_mb: int = Field(2048, ge=64)
     threads: int | None = Field(None, ge=1)
-    opset: int | None = Field(None, ge=13, le=23)
+    opset: int | None = Field(None, ge=13, le=23, description="ONNX opset the device's parser needs")
 
 
 class Config(Section):
@@ -290,9 +296,34 @@ def build_config(tree: dict[str, Any]) -> Config:
         raise _explain(exc, tree) from None
 
 
-def load_config(path: str | Path | None, overrides: list[str] | None = None) -> Config:
-    """Load a YAML config (or the defaults when ``path`` is None) and apply ``key.path=value`` overrides."""
+DEVICES_DIR = Path(__file__).resolve().parent.parent / "configs" / "devices"
+
+
+def device_names() -> list[str]:
+    """The device profiles shipped in ``configs/devices/``."""
+    return sorted(p.stem for p in DEVICES_DIR.glob("*.yaml"))
+
+
+def device_profile(name: str) -> dict[str, Any]:
+    """The raw config tree of a device profile; an unknown name lists the valid ones."""
+    path = DEVICES_DIR / f"{name}.yaml"
+    if not path.is_file():
+        valid = device_names()
+        raise ConfigError(f"unknown device {name!r}{closest(name, valid)}; valid devices: {', '.join(valid)}")
+    return _read_yaml(path)
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None, device: str | None = None) -> Config:
+    """Load a YAML config (or the defaults when ``path`` is None), merge a device profile, apply overrides.
+
+    Args:
+        path: YAML file; None gives the built-in defaults.
+        overrides: ``key.path=value`` strings, values parsed as YAML, applied last.
+        device: name of a profile in ``configs/devices/`` merged over the file before the overrides.
+    """
     tree = _read_yaml(Path(path)) if path is not None else {}
+    if device is not None:
+        tree = _merge(tree, device_profile(device))
     for assignment in overrides or []:
         apply_override(tree, assignment)
     return build_config(tree)

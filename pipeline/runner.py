@@ -88,7 +88,14 @@ class Runner:
 
     # ---- keys and manifests -------------------------------------------------------------------------------------
     def stage_dir(self, name: str) -> Path:
+        """Output folder of a stage: ``runs/<run>/<stage>``, or ``runs/<run>/devices/<device>/<stage>``."""
+        if get_stage(name).per_device:
+            return self.run_dir / "devices" / self.cfg.device.name / name
         return self.run_dir / name
+
+    def _aux_dir(self, name: str, suffix: str) -> Path:
+        final = self.stage_dir(name)
+        return final.parent / f".{final.name}.{suffix}"
 
     def manifest(self, name: str) -> dict[str, Any] | None:
         path = self.stage_dir(name) / MANIFEST
@@ -184,7 +191,7 @@ class Runner:
         log.info("stage %-9s running (%s)", st.name, why)
         parts = self.key_parts(st)
         key = _digest(parts)
-        work = self.run_dir / f".{st.name}.work"
+        work = self._aux_dir(st.name, "work")
         resumed = self._prepare_work(st, work, key)
         upstream_dirs = {u: self.stage_dir(u) for u in st.upstream if get_stage(u).is_enabled(self.cfg)}
         ctx = StageContext(
@@ -253,13 +260,13 @@ class Runner:
         }
         atomic_write_json(work / MANIFEST, manifest)
         final = self.stage_dir(st.name)
-        old = self.run_dir / f".{st.name}.old"
+        old = self._aux_dir(st.name, "old")
         if old.exists():
             shutil.rmtree(old)
         if final.exists():
             os.replace(final, old)
         os.replace(work, final)
-        fsync_dir(self.run_dir)
+        fsync_dir(final.parent)
         if old.exists():
             shutil.rmtree(old)
 
@@ -270,7 +277,7 @@ class Runner:
             targets = names or list(load_stages())
             for name in targets:
                 get_stage(name)
-                for path in (self.stage_dir(name), self.run_dir / f".{name}.work", self.run_dir / f".{name}.old"):
+                for path in (self.stage_dir(name), self._aux_dir(name, "work"), self._aux_dir(name, "old")):
                     if path.exists():
                         shutil.rmtree(path)
                         removed.append(path)

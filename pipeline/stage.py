@@ -55,6 +55,7 @@ class Stage:
     version: str = "1"
     toolchain: tuple[str, ...] = ()
     resumable: bool = False
+    per_device: bool = False
     enabled: Callable[[Config], bool] | None = None
     code_hash: str = field(default="")
 
@@ -73,9 +74,21 @@ def stage(
     version: str = "1",
     toolchain: tuple[str, ...] = (),
     resumable: bool = False,
+    per_device: bool = False,
     enabled: Callable[[Config], bool] | None = None,
 ) -> Callable[[Callable[[StageContext], dict[str, Any] | None]], Callable[[StageContext], dict[str, Any] | None]]:
-    """Register a stage body. ``resumable`` stages keep their work folder across interruptions (training)."""
+    """Register a stage body.
+
+    Args:
+        name: stage name (also its output folder).
+        upstream: stages whose outputs it reads.
+        sections: config sections it reads (they enter its cache key).
+        version: bump to invalidate caches when the output format changes.
+        toolchain: packages whose versions enter its cache key.
+        resumable: keep the work folder across interruptions while the key matches (training).
+        per_device: outputs depend on the device profile; they go to ``runs/<run>/devices/<device>/<stage>/``.
+        enabled: predicate on the config; a disabled stage is skipped.
+    """
 
     def register(
         fn: Callable[[StageContext], dict[str, Any] | None],
@@ -92,6 +105,7 @@ def stage(
             version=version,
             toolchain=tuple(toolchain),
             resumable=resumable,
+            per_device=per_device,
             enabled=enabled,
             code_hash=hashlib.sha256(source.encode()).hexdigest()[:16],
         )

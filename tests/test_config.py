@@ -79,3 +79,18 @@ def test_resolved_config_round_trips(tmp_path):
     assert again == cfg
     assert again.digest(["data"]) == cfg.digest(["data"])
     assert Config().digest(["data"]) != cfg.digest(["data"])
+
+
+def test_device_profiles_load_and_unknown_device_lists_valid():
+    from pipeline.config import device_names
+
+    names = device_names()
+    assert {"x86-cpu", "jetson-orin-nano", "jetson-orin-nx", "jetson-agx-orin", "jetson-xavier-nx-jp5"} <= set(names)
+    for name in names:
+        cfg = load_config(ROOT / "configs/demo.yaml", device=name)
+        assert cfg.device.name == name
+    jp5 = load_config(None, device="jetson-xavier-nx-jp5")
+    assert (jp5.device.trt_version, jp5.device.opset) == ("8.5", 17)
+    assert load_config(None, device="jetson-agx-orin").device.dla_core == 0
+    with pytest.raises(ConfigError, match=r"unknown device 'jetson-nano'.*did you mean 'jetson-orin-nano'.*x86-cpu"):
+        load_config(None, device="jetson-nano")

@@ -133,3 +133,17 @@ def test_clean_and_unknown_stage(toy_stages, tmp_path):
     assert runner.status("b").state == "missing" and runner.status("a").state == "done"
     with pytest.raises(StageError, match="did you mean 'a'"):
         runner.run(["aa"])
+
+
+def test_per_device_stages_get_their_own_folder(toy_stages, tmp_path):
+    @stage("dev", upstream=("a",), sections=("device",), per_device=True)
+    def run_dev(ctx: StageContext) -> dict:
+        (ctx.out / "artifact.txt").write_text(ctx.cfg.device.name)
+        return {}
+
+    Runner(_cfg(tmp_path)).run(["dev"])
+    jetson = load_config(None, [f"run.root={tmp_path}", "run.name=t", "train.steps=2"], device="jetson-orin-nano")
+    outcomes = Runner(jetson).run(["dev"])
+    assert [o.state for o in outcomes] == ["cached", "ran"]  # the shared upstream is reused
+    for device in ("x86-cpu", "jetson-orin-nano"):
+        assert (tmp_path / "t" / "devices" / device / "dev" / "artifact.txt").read_text() == device
