@@ -10,8 +10,9 @@ PYTEST_ARGS ?=
 export PYTHONPATH := $(CURDIR)
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
+DEVICES := $(sort $(basename $(notdir $(wildcard configs/devices/*.yaml))))
 
-.PHONY: help setup venv-path demo test test-all lint status clean-runs stages
+.PHONY: help setup venv-path demo test test-all lint status clean-runs stages devices $(DEVICES)
 
 help:  ## list targets
 	@grep -E '^[a-zA-Z0-9_.-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-20s %s\n", $$1, $$2}'
@@ -42,3 +43,15 @@ stages: setup  ## list the pipeline's stages
 
 clean-runs:  ## remove every run folder (runs/)
 	rm -rf runs
+
+devices:  ## list the device profiles; `make <device>` builds that device's artifacts and bundle
+	@$(PY) -m pipeline devices
+
+$(DEVICES): setup
+	$(PY) -m pipeline run --config $(CONFIG) --device $@ $(RUN_ARGS)
+
+device: setup  ## build one device's artifacts: make device DEVICE=jetson-orin-nano
+	$(PY) -m pipeline run --config $(CONFIG) --device "$(DEVICE)" $(RUN_ARGS)
+
+.DEFAULT:
+	@echo "make: unknown target '$@'. Device targets: $(DEVICES). Other targets: make help" >&2; exit 2

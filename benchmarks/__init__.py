@@ -1,0 +1,1 @@
+"""Metrics and benchmarks. ``benchmarks.metrics`` is the project's only definition of the RIS metrics (numpy only)."""

@@ -1,0 +1,611 @@
+"""Referring image segmentation metrics: the project's single definition, numpy only (no torch).
+
+Usage: ``m = SegMetrics(); m.update(logits_to_mask(logits, gt.shape), gt, sample_id=sid, split="val"); m.result()``.
+
+Conventions (DESIGN §5; public RIS code disagrees on each of them, see research/paper_and_ris.md §3):
+
+- **One sample = one (referent, sentence) pair.** Every sentence of every object is scored on its own and
+  weighs the same in mIoU and prec@t.
+- **Original-resolution protocol by default.** Logits are bilinearly upsampled (half-pixel centres, i.e.
+  ``align_corners=False``) to the original image size and compared with the original-size ground truth
+  (as CRIS and EVF-SAM do). The "LAVT protocol" (score at the network input size, ground truth resized
+  NEAREST) is available by calling ``logits_to_mask(logits, input_hw)`` and ``resize_mask_nearest(gt, input_hw)``;
+  say which one a report uses.
+- **Binarisation: sigmoid(logit) ≥ threshold**, 0.5 by default. It is evaluated as
+  ``logit ≥ log(t / (1 - t))`` (exactly 0 for t = 0.5), which is the same test without overflow. CRIS uses a
+  strict ``>`` and t = 0.35; we do not.
+- **I and U** are pixel counts of ``pred ∧ gt`` and ``pred ∨ gt``. A sample with **U = 0** (empty prediction
+  and empty ground truth) has **IoU 1.0** (LAVT would count 0; ReLA/GRES counts 1).
+- **oIoU = ΣI / ΣU** over samples (cIoU in ReLA/EVF-SAM); ΣU = 0 gives 1.0. **mIoU = mean of per-sample IoU**
+  (gIoU). **prec@t = share of samples with IoU ≥ t** for t in (0.5, 0.6, 0.7, 0.8, 0.9), tested exactly in
+  integers (``I·q ≥ p·U`` for t = p/q), so IoU exactly 0.5 counts for prec@0.5. CRIS uses ``>``; we do not.
+- Accumulators keep only per-sample scalars (I, U, id, split, kind), never masks, so they stream over any
+  data set and merge across workers.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Hashable, Iterable, Sequence
+from fractions import Fraction
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from pipeline.errors import ConfigError, DataError, choice_error
+
+THRESHOLDS: tuple[float, ...] = (0.5, 0.6, 0.7, 0.8, 0.9)
+DEFAULT_THRESHOLD = 0.5
+GROUP_KEYS = ("split", "kind")
+UNLABELLED = "unlabelled"  # group name for samples added without a split / kind
+_BOOT_CHUNK = 1 << 20  # resample-matrix elements per chunk: bounds bootstrap memory to a few tens of MB
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Post-processing: logits → mask at the evaluation resolution
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def _check_hw(out_hw: Sequence[int]) -> tuple[int, int]:
+    try:
+        h, w = (int(v) for v in out_hw)
+    except (TypeError, ValueError):
+        raise ConfigError(f"out_hw={out_hw!r}; expected (height, width) as two positive ints") from None
+    if h <= 0 or w <= 0:
+        raise ConfigError(f"out_hw={out_hw!r}; expected (height, width) as two positive ints")
+    return h, w
+
+
+def _bilinear_axis(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Source indices and weights along one axis, matching torch's ``align_corners=False`` rule."""
+    src = (np.arange(n_out, dtype=np.float64) + 0.5) * (n_in / n_out) - 0.5
+    src = np.maximum(src, 0.0)  # torch clamps negative source coordinates to the first pixel
+    i0 = np.minimum(np.floor(src).astype(np.intp), n_in - 1)
+    i1 = np.minimum(i0 + 1, n_in - 1)
+    return i0, i1, src - i0
+
+
+def resize_bilinear(x: np.ndarray, out_hw: Sequence[int]) -> np.ndarray:
+    """Resize the last two axes bilinearly with half-pixel centres (torch ``align_corners=False``, no antialias).
+
+    Args:
+        x: Float array ``[..., h, w]``.
+        out_hw: Output ``(height, width)``.
+
+    Returns:
+        float64 array ``[..., height, width]``; equals ``F.interpolate(mode="bilinear", align_corners=False)``
+        up to float32 rounding in torch.
+    """
+    x = np.asarray(x, dtype=np.float64)
+    if x.ndim < 2:
+        raise DataError(f"resize_bilinear got shape {x.shape}; expected [..., h, w]")
+    h, w = _check_hw(out_hw)
+    y0, y1, ly = _bilinear_axis(x.shape[-2], h)
+    x0, x1, lx = _bilinear_axis(x.shape[-1], w)
+    rows = x[..., y0, :] * (1.0 - ly)[:, None] + x[..., y1, :] * ly[:, None]  # ..., h, w_in
+    return rows[..., x0] * (1.0 - lx) + rows[..., x1] * lx  # ..., h, w
+
+
+def logit_threshold(threshold: float = DEFAULT_THRESHOLD) -> float:
+    """Return the logit ``log(t / (1 - t))`` such that ``sigmoid(z) ≥ t`` ⇔ ``z ≥ logit_threshold(t)``."""
+    t = float(threshold)
+    if not 0.0 < t < 1.0:
+        raise ConfigError(f"mask threshold {threshold!r} is outside (0, 1); it is a sigmoid probability, e.g. 0.5")
+    return math.log(t / (1.0 - t))
+
+
+def logits_to_mask(logits: np.ndarray, out_hw: Sequence[int], threshold: float = DEFAULT_THRESHOLD) -> np.ndarray:
+    """Turn one sample's mask logits into a bool mask at the evaluation size: upsample, then sigmoid ≥ threshold.
+
+    Args:
+        logits: ``[h, w]`` or ``[1, h, w]`` (any number of leading 1-dims) raw logits, before the sigmoid.
+        out_hw: Evaluation ``(height, width)``: the ORIGINAL image size for the default protocol.
+        threshold: Sigmoid probability; a pixel is foreground when ``sigmoid(logit) ≥ threshold``.
+
+    Returns:
+        Bool mask ``[height, width]``.
+
+    Raises:
+        DataError: the logits have another shape or hold NaN/inf (a broken engine, not a low score).
+    """
+    z = np.asarray(logits)
+    if z.ndim < 2 or any(d != 1 for d in z.shape[:-2]):
+        raise DataError(f"mask logits have shape {z.shape}; expected [h, w] or [1, h, w] for one sample")
+    z = z.reshape(z.shape[-2:])
+    if not np.issubdtype(z.dtype, np.floating):
+        raise DataError(f"mask logits have dtype {z.dtype}; expected floating-point logits")
+    bad = int(np.size(z) - np.count_nonzero(np.isfinite(z)))
+    if bad:
+        raise DataError(f"mask logits hold {bad} non-finite value(s) of {z.size}; expected finite logits")
+    cut = logit_threshold(threshold)
+    return resize_bilinear(z, out_hw) >= cut
+
+
+def _pil_nearest_axis(n_in: int, n_out: int) -> np.ndarray:
+    """Source index per output pixel, ``floor((o + 0.5) · n_in / n_out)`` accumulated in float64 exactly as Pillow
+    does (``ImagingScaleAffine``), so exact ties fall on the same side as in PIL."""
+    steps = np.full(n_out, n_in / n_out)
+    steps[0] *= 0.5
+    return np.minimum(np.floor(np.cumsum(steps)).astype(np.intp), n_in - 1)  # cumsum adds in order, like PIL
+
+
+def resize_mask_nearest(mask: np.ndarray, out_hw: Sequence[int]) -> np.ndarray:
+    """Resize a ``[..., h, w]`` mask NEAREST the way PIL does, for the LAVT (network-input-size) protocol.
+
+    LAVT-lineage code resizes the ground truth with ``PIL.Image.NEAREST``; this reproduces its pixel choice
+    (half-pixel centres, ``floor((o + 0.5) · n_in / n_out)``) without Pillow, including PIL's float rounding at
+    exact ties (e.g. 640 → 48), where torch ``nearest-exact`` may pick the other neighbour.
+    """
+    m = np.asarray(mask)
+    if m.ndim < 2:
+        raise DataError(f"resize_mask_nearest got shape {m.shape}; expected [..., h, w]")
+    h, w = _check_hw(out_hw)
+    ys = _pil_nearest_axis(m.shape[-2], h)
+    xs = _pil_nearest_axis(m.shape[-1], w)
+    return m[..., ys[:, None], xs[None, :]]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Per-sample I / U
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def _as_mask(x: Any, name: str) -> np.ndarray:
+    m = np.asarray(x)
+    if m.dtype == np.bool_:
+        return m
+    if np.issubdtype(m.dtype, np.integer):
+        if m.size and (m.min() < 0 or m.max() > 1):
+            raise DataError(
+                f"{name} holds integers in [{m.min()}, {m.max()}]; expected a bool mask or 0/1 integers "
+                "(binarise a 0/255 PNG with `mask > 0`)"
+            )
+        return m.astype(bool)
+    raise DataError(
+        f"{name} has dtype {m.dtype}; expected a bool mask (or 0/1 integers); turn logits into a mask with "
+        "logits_to_mask()"
+    )
+
+
+def _check_pair(a: Any, b: Any, name_a: str, name_b: str) -> tuple[np.ndarray, np.ndarray]:
+    ma, mb = _as_mask(a, name_a), _as_mask(b, name_b)
+    if ma.shape != mb.shape:
+        raise DataError(
+            f"{name_a} shape {ma.shape} != {name_b} shape {mb.shape}; resize the prediction to the ground truth's "
+            "size first (logits_to_mask(logits, gt.shape))"
+        )
+    return ma, mb
+
+
+def intersection_union(pred_mask: np.ndarray, gt_mask: np.ndarray) -> tuple[int, int]:
+    """Return ``(I, U)``: pixel counts of ``pred ∧ gt`` and ``pred ∨ gt`` for masks of the same shape.
+
+    Raises:
+        DataError: (a ``ValueError``) the shapes differ, or a mask is not bool / 0-1 integers.
+    """
+    p, g = _check_pair(pred_mask, gt_mask, "pred_mask", "gt_mask")
+    return int(np.count_nonzero(p & g)), int(np.count_nonzero(p | g))
+
+
+def iou_from_iu(i: Any, u: Any) -> np.ndarray:
+    """Per-sample IoU ``I / U`` from arrays of counts, with IoU 1.0 where ``U == 0``."""
+    i = np.asarray(i, dtype=np.float64)
+    u = np.asarray(u, dtype=np.float64)
+    return np.where(u > 0, i / np.maximum(u, 1.0), 1.0)
+
+
+def _ratio(num: float, den: float) -> float:
+    return float(num / den) if den > 0 else 1.0
+
+
+def _prec_key(t: float) -> str:
+    return f"prec@{t:g}"
+
+
+def _summary(i: np.ndarray, u: np.ndarray, thresholds: Sequence[float]) -> dict[str, Any]:
+    """JSON-ready ``{n, oIoU, mIoU, prec@t...}`` for int arrays of I and U; metrics are None when n == 0."""
+    n = int(i.size)
+    out: dict[str, Any] = {"n": n, "oIoU": None, "mIoU": None}
+    out.update({_prec_key(t): None for t in thresholds})
+    if n == 0:
+        return out
+    out["oIoU"] = _ratio(float(i.sum()), float(u.sum()))
+    out["mIoU"] = float(iou_from_iu(i, u).mean())
+    for t in thresholds:
+        frac = Fraction(repr(float(t)))  # 0.7 -> 7/10: the test I/U ≥ t is done exactly in integers
+        out[_prec_key(t)] = float(np.count_nonzero(i * frac.denominator >= u * frac.numerator) / n)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Streaming accumulator
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+class SegMetrics:
+    """Streaming oIoU / mIoU / prec@t over (referent, sentence) samples, keeping only per-sample scalars.
+
+    Example::
+
+        m = SegMetrics()
+        for logits, gt, sid, kind in samples:
+            m.update(logits_to_mask(logits, gt.shape), gt, sample_id=sid, split="val", kind=kind)
+        m.result(); m.by_group("kind")
+
+    Sample ids are optional, but when given they must be unique (a repeated id means a sample was scored twice,
+    e.g. by a padded DistributedSampler); use str or int ids so ``state_dict()`` round-trips through JSON.
+    """
+
+    def __init__(self, thresholds: Sequence[float] = THRESHOLDS) -> None:
+        self.thresholds = tuple(float(t) for t in thresholds)
+        for t in self.thresholds:
+            if not 0.0 <= t <= 1.0:
+                raise ConfigError(f"prec threshold {t!r} is outside [0, 1]; expected IoU levels such as {THRESHOLDS}")
+        self._i: list[int] = []
+        self._u: list[int] = []
+        self._ids: list[Hashable | None] = []
+        self._split: list[str | None] = []
+        self._kind: list[str | None] = []
+        self._seen: set[Hashable] = set()
+
+    def __len__(self) -> int:
+        return len(self._i)
+
+    def _check_new_ids(self, ids: Iterable[Hashable | None]) -> None:
+        """Refuse a batch before adding any of it if an id repeats, so a failed call changes nothing."""
+        fresh: set[Hashable] = set()
+        for sid in ids:
+            if sid is not None and (sid in self._seen or sid in fresh):
+                raise DataError(f"sample id {sid!r} was already scored; each (referent, sentence) counts once")
+            fresh.add(sid)
+
+    def add(
+        self, i: int, u: int, *, sample_id: Hashable | None = None, split: str | None = None, kind: str | None = None
+    ) -> float:
+        """Record one sample from precomputed counts (e.g. computed on the accelerator); return its IoU."""
+        i, u = int(i), int(u)
+        if not 0 <= i <= u:
+            raise DataError(f"sample {sample_id!r} has I={i}, U={u}; expected 0 ≤ I ≤ U")
+        if sample_id is not None:
+            if sample_id in self._seen:
+                raise DataError(f"sample id {sample_id!r} was already scored; each (referent, sentence) counts once")
+            self._seen.add(sample_id)
+        self._i.append(i)
+        self._u.append(u)
+        self._ids.append(sample_id)
+        self._split.append(None if split is None else str(split))
+        self._kind.append(None if kind is None else str(kind))
+        return _ratio(i, u)
+
+    def update(
+        self,
+        pred_mask: np.ndarray,
+        gt_mask: np.ndarray,
+        *,
+        sample_id: Hashable | None = None,
+        split: str | None = None,
+        kind: str | None = None,
+    ) -> float:
+        """Score one sample's bool masks (same shape) and return its IoU; the masks are not kept."""
+        i, u = intersection_union(pred_mask, gt_mask)
+        return self.add(i, u, sample_id=sample_id, split=split, kind=kind)
+
+    def update_batch(
+        self,
+        pred_masks: np.ndarray,
+        gt_masks: np.ndarray,
+        *,
+        sample_ids: Sequence[Hashable] | None = None,
+        splits: Sequence[str] | None = None,
+        kinds: Sequence[str] | None = None,
+    ) -> np.ndarray:
+        """Score a ``[B, H, W]`` batch (same-size masks, e.g. the LAVT protocol); return the B IoUs."""
+        p, g = _check_pair(pred_masks, gt_masks, "pred_masks", "gt_masks")
+        if p.ndim < 2:
+            raise DataError(f"pred_masks has shape {p.shape}; expected [B, H, W]")
+        b = p.shape[0]
+        for name, seq in (("sample_ids", sample_ids), ("splits", splits), ("kinds", kinds)):
+            if seq is not None and len(seq) != b:
+                raise DataError(f"{name} has {len(seq)} entries for a batch of {b} masks")
+        self._check_new_ids([] if sample_ids is None else sample_ids)
+        i = np.count_nonzero((p & g).reshape(b, -1), axis=1)
+        u = np.count_nonzero((p | g).reshape(b, -1), axis=1)
+        return np.array(
+            [
+                self.add(
+                    i[k],
+                    u[k],
+                    sample_id=None if sample_ids is None else sample_ids[k],
+                    split=None if splits is None else splits[k],
+                    kind=None if kinds is None else kinds[k],
+                )
+                for k in range(b)
+            ],
+            dtype=np.float64,
+        )
+
+    def merge(self, other: SegMetrics) -> SegMetrics:
+        """Append another accumulator's samples (e.g. gathered from another worker); return ``self``."""
+        if other.thresholds != self.thresholds:
+            raise ConfigError(f"cannot merge metrics with thresholds {other.thresholds} into {self.thresholds}")
+        self._check_new_ids(other._ids)
+        for k in range(len(other)):
+            self.add(other._i[k], other._u[k], sample_id=other._ids[k], split=other._split[k], kind=other._kind[k])
+        return self
+
+    # -- read-outs ------------------------------------------------------------------------------------------------
+
+    @property
+    def sample_ids(self) -> list[Hashable | None]:
+        """Sample ids in insertion order, aligned with ``ious()``, ``intersections()`` and ``unions()``."""
+        return list(self._ids)
+
+    def intersections(self) -> np.ndarray:
+        """Per-sample I as an int64 array."""
+        return np.asarray(self._i, dtype=np.int64)
+
+    def unions(self) -> np.ndarray:
+        """Per-sample U as an int64 array."""
+        return np.asarray(self._u, dtype=np.int64)
+
+    def ious(self) -> np.ndarray:
+        """Per-sample IoU (U = 0 → 1.0) as a float64 array aligned with ``sample_ids``."""
+        return iou_from_iu(self.intersections(), self.unions())
+
+    def result(self) -> dict[str, Any]:
+        """Return ``{"n", "oIoU", "mIoU", "prec@0.5", ...}`` as plain floats (None when no sample was added)."""
+        return _summary(self.intersections(), self.unions(), self.thresholds)
+
+    def by_group(self, key: str) -> dict[str, dict[str, Any]]:
+        """Return ``result()`` per value of ``key`` ("split" or "kind"), groups sorted by name.
+
+        Samples added without that label are grouped under ``"unlabelled"``.
+        """
+        if key not in GROUP_KEYS:
+            raise choice_error("group key", key, GROUP_KEYS)
+        labels = self._split if key == "split" else self._kind
+        names = np.array([UNLABELLED if v is None else v for v in labels], dtype=object)
+        i, u = self.intersections(), self.unions()
+        return {name: _summary(i[names == name], u[names == name], self.thresholds) for name in sorted(set(names))}
+
+    def state_dict(self) -> dict[str, Any]:
+        """Per-sample table as JSON-ready lists, to save a run and compare it with another later."""
+        return {
+            "thresholds": list(self.thresholds),
+            "sample_id": list(self._ids),
+            "split": list(self._split),
+            "kind": list(self._kind),
+            "I": list(self._i),
+            "U": list(self._u),
+        }
+
+    @classmethod
+    def from_state_dict(cls, state: dict[str, Any]) -> SegMetrics:
+        """Rebuild an accumulator from ``state_dict()`` output (JSON lists of ids come back as tuples)."""
+        try:
+            cols = [state[k] for k in ("sample_id", "split", "kind", "I", "U")]
+            thresholds = state.get("thresholds", THRESHOLDS)
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise DataError(f"metrics state lacks {exc}; expected keys sample_id, split, kind, I, U") from None
+        if len({len(c) for c in cols}) != 1:
+            raise DataError(f"metrics state columns have lengths {[len(c) for c in cols]}; expected equal lengths")
+        m = cls(thresholds)
+        for sid, split, kind, i, u in zip(*cols, strict=True):
+            m.add(i, u, sample_id=tuple(sid) if isinstance(sid, list) else sid, split=split, kind=kind)
+        return m
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Paired bootstrap
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+class BootstrapCI(NamedTuple):
+    """A difference (a − b) on the full sample set and its percentile bootstrap interval."""
+
+    diff: float
+    lower: float
+    upper: float
+
+    def as_dict(self) -> dict[str, float]:
+        """JSON-ready ``{"diff", "lower", "upper"}``."""
+        return {"diff": self.diff, "lower": self.lower, "upper": self.upper}
+
+
+def _paired_columns(*arrays: Any, names: Sequence[str]) -> np.ndarray:
+    cols = [np.asarray(a, dtype=np.float64).reshape(-1) for a in arrays]
+    sizes = {name: c.size for name, c in zip(names, cols, strict=True)}
+    if len(set(sizes.values())) != 1:
+        raise DataError(f"paired bootstrap needs arrays of equal length over the same samples; got {sizes}")
+    if cols[0].size == 0:
+        raise DataError("paired bootstrap got no samples")
+    return np.stack(cols, axis=1)  # n, m
+
+
+def _bootstrap(
+    columns: np.ndarray, stat: Callable[[np.ndarray, int], np.ndarray], n_boot: int, seed: int, ci: float
+) -> BootstrapCI:
+    """Resample rows of ``columns`` with replacement; ``stat(sums, n)`` maps column sums ``[k, m]`` to ``[k]``."""
+    if int(n_boot) < 1:
+        raise ConfigError(f"n_boot={n_boot!r}; expected a positive number of resamples, e.g. 1000")
+    if not 0.0 < float(ci) < 1.0:
+        raise ConfigError(f"ci={ci!r}; expected a coverage in (0, 1), e.g. 0.95")
+    n = columns.shape[0]
+    rng = np.random.default_rng(seed)
+    chunk = max(1, _BOOT_CHUNK // n)
+    stats = []
+    for start in range(0, int(n_boot), chunk):
+        k = min(chunk, int(n_boot) - start)
+        idx = rng.integers(0, n, size=(k, n))  # k resamples of n sample indices
+        flat = (idx + (np.arange(k) * n)[:, None]).ravel()
+        counts = np.bincount(flat, minlength=k * n).reshape(k, n).astype(np.float64)  # k, n: draws per sample
+        stats.append(stat(counts @ columns, n))  # k
+    boot = np.concatenate(stats)
+    alpha = (1.0 - float(ci)) / 2.0
+    lower, upper = np.quantile(boot, [alpha, 1.0 - alpha])
+    point = float(stat(columns.sum(axis=0, keepdims=True), n)[0])
+    return BootstrapCI(point, float(lower), float(upper))
+
+
+def _mean_stat(sums: np.ndarray, n: int) -> np.ndarray:
+    return sums[:, 0] / n
+
+
+def _oiou_stat(sums: np.ndarray, n: int) -> np.ndarray:
+    def ratio(i: np.ndarray, u: np.ndarray) -> np.ndarray:
+        return np.where(u > 0, i / np.maximum(u, 1.0), 1.0)
+
+    return ratio(sums[:, 0], sums[:, 1]) - ratio(sums[:, 2], sums[:, 3])
+
+
+def bootstrap_diff(ious_a: Any, ious_b: Any, n_boot: int = 1000, seed: int = 0, ci: float = 0.95) -> BootstrapCI:
+    """Paired bootstrap over samples for the mIoU difference (a − b).
+
+    Args:
+        ious_a: Per-sample IoU of system a (e.g. the INT8 candidate).
+        ious_b: Per-sample IoU of system b on the same samples in the same order (e.g. FP32).
+        n_boot: Number of resamples.
+        seed: Seed of the resampling; equal seeds give equal intervals.
+        ci: Coverage of the percentile interval.
+
+    Returns:
+        ``BootstrapCI(diff, lower, upper)``: ``diff`` is mean(a) − mean(b) on all samples.
+    """
+    cols = _paired_columns(ious_a, ious_b, names=("ious_a", "ious_b"))
+    return _bootstrap(cols[:, :1] - cols[:, 1:], _mean_stat, n_boot, seed, ci)
+
+
+def bootstrap_diff_oiou(
+    i_a: Any, u_a: Any, i_b: Any, u_b: Any, n_boot: int = 1000, seed: int = 0, ci: float = 0.95
+) -> BootstrapCI:
+    """Paired bootstrap over samples for the oIoU difference ΣI_a/ΣU_a − ΣI_b/ΣU_b.
+
+    Args:
+        i_a: Per-sample I of system a.
+        u_a: Per-sample U of system a.
+        i_b: Per-sample I of system b, same samples and order.
+        u_b: Per-sample U of system b.
+        n_boot: Number of resamples.
+        seed: Seed of the resampling; with the same n it draws the same resamples as ``bootstrap_diff``.
+        ci: Coverage of the percentile interval.
+
+    Returns:
+        ``BootstrapCI(diff, lower, upper)``.
+    """
+    cols = _paired_columns(i_a, u_a, i_b, u_b, names=("i_a", "u_a", "i_b", "u_b"))
+    return _bootstrap(cols, _oiou_stat, n_boot, seed, ci)
+
+
+def compare(a: SegMetrics, b: SegMetrics, n_boot: int = 1000, seed: int = 0, ci: float = 0.95) -> dict[str, Any]:
+    """Pair two runs by sample id and report both metrics and their bootstrap differences (a − b).
+
+    Returns:
+        ``{"n", "mIoU": {"a", "b", "diff", "lower", "upper"}, "oIoU": {...}}``, JSON-ready.
+
+    Raises:
+        DataError: a sample has no id, or the two runs scored different samples.
+    """
+    for name, m in (("a", a), ("b", b)):
+        if any(sid is None for sid in m.sample_ids):
+            raise DataError(f"run {name} has samples without sample_id; compare() pairs samples by id")
+    ids_a, ids_b = a.sample_ids, b.sample_ids
+    if set(ids_a) != set(ids_b):
+        only_a, only_b = set(ids_a) - set(ids_b), set(ids_b) - set(ids_a)
+        raise DataError(
+            f"runs scored different samples: {len(only_a)} only in a (e.g. {sorted(map(str, only_a))[:3]}), "
+            f"{len(only_b)} only in b (e.g. {sorted(map(str, only_b))[:3]})"
+        )
+    pos_b = {sid: k for k, sid in enumerate(ids_b)}
+    order = np.array([pos_b[sid] for sid in ids_a], dtype=np.intp)
+    ia, ua = a.intersections(), a.unions()
+    ib, ub = b.intersections()[order], b.unions()[order]
+    m_ci = bootstrap_diff(iou_from_iu(ia, ua), iou_from_iu(ib, ub), n_boot, seed, ci)
+    o_ci = bootstrap_diff_oiou(ia, ua, ib, ub, n_boot, seed, ci)
+    ra, rb = a.result(), b.result()
+    return {
+        "n": len(ids_a),
+        "n_boot": int(n_boot),
+        "ci": float(ci),
+        "mIoU": {"a": ra["mIoU"], "b": rb["mIoU"], **m_ci.as_dict()},
+        "oIoU": {"a": ra["oIoU"], "b": rb["oIoU"], **o_ci.as_dict()},
+    }
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Agreement between two prediction sets
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+class MaskAgreement:
+    """Streaming agreement between two predictions of the same samples (e.g. FP32 vs INT8 masks).
+
+    Per sample it keeps the IoU between the two masks (U = 0 → 1.0) and the count of equal pixels. ``result()``
+    gives the mean and minimum agreement IoU and the pixel agreement (equal pixels / all pixels, pooled over
+    samples, so larger images weigh more).
+    """
+
+    def __init__(self) -> None:
+        self._i: list[int] = []
+        self._u: list[int] = []
+        self._equal: list[int] = []
+        self._total: list[int] = []
+        self._ids: list[Hashable | None] = []
+
+    def __len__(self) -> int:
+        return len(self._i)
+
+    def update(self, mask_a: np.ndarray, mask_b: np.ndarray, *, sample_id: Hashable | None = None) -> float:
+        """Compare one sample's two bool masks (same shape); return their IoU."""
+        a, b = _check_pair(mask_a, mask_b, "mask_a", "mask_b")
+        i, u = int(np.count_nonzero(a & b)), int(np.count_nonzero(a | b))
+        self._i.append(i)
+        self._u.append(u)
+        self._equal.append(int(a.size) - (u - i))  # pixels differ exactly where a XOR b, i.e. U − I of them
+        self._total.append(int(a.size))
+        self._ids.append(sample_id)
+        return _ratio(i, u)
+
+    def merge(self, other: MaskAgreement) -> MaskAgreement:
+        """Append another accumulator's samples; return ``self``."""
+        self._i += other._i
+        self._u += other._u
+        self._equal += other._equal
+        self._total += other._total
+        self._ids += other._ids
+        return self
+
+    def ious(self) -> np.ndarray:
+        """Per-sample agreement IoU, in insertion order."""
+        return iou_from_iu(self._i, self._u)
+
+    def worst(self, k: int = 10) -> list[tuple[Hashable | None, float]]:
+        """The ``k`` samples with the lowest agreement IoU as ``(sample_id, iou)``, lowest first."""
+        ious = self.ious()
+        order = np.argsort(ious, kind="stable")[: max(0, int(k))]
+        return [(self._ids[j], float(ious[j])) for j in order]
+
+    def result(self) -> dict[str, Any]:
+        """Return ``{"n", "mean_iou", "min_iou", "pixel_agreement"}`` (None values when empty)."""
+        n = len(self)
+        if n == 0:
+            return {"n": 0, "mean_iou": None, "min_iou": None, "pixel_agreement": None}
+        ious = self.ious()
+        return {
+            "n": n,
+            "mean_iou": float(ious.mean()),
+            "min_iou": float(ious.min()),
+            "pixel_agreement": float(sum(self._equal) / sum(self._total)) if sum(self._total) else 1.0,
+        }
+
+
+def agreement(masks_a: Iterable[np.ndarray], masks_b: Iterable[np.ndarray]) -> dict[str, Any]:
+    """Stream two equally long sequences of bool masks through ``MaskAgreement`` and return its ``result()``."""
+    acc = MaskAgreement()
+    try:
+        for a, b in zip(masks_a, masks_b, strict=True):
+            acc.update(a, b)
+    except ValueError as exc:
+        if isinstance(exc, DataError):
+            raise
+        raise DataError(f"agreement() got sequences of different lengths after {len(acc)} pairs: {exc}") from None
+    return acc.result()
