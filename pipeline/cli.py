@@ -32,6 +32,7 @@ def _add_config_args(parser: argparse.ArgumentParser) -> None:
         metavar="KEY=VALUE",
         help="override a config value, e.g. --set data.seed=7 (repeatable)",
     )
+    parser.add_argument("--device", default=None, help="device profile from configs/devices/ (see `s2rm devices`)")
 
 
 def build_parser() -> argparse.ArgumentParser:

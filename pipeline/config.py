@@ -38,14 +38,29 @@ class SynRefConfig(Section):
 
     images: dict[str, int] = Field(
         default_factory=lambda: {"train": 1200, "val": 120, "testA": 80, "testB": 80},
-        description="images per split; splits from train, val, testA, testB",
+        description="images per split (train, val, testA, testB); a split left out keeps its default, 0 skips it",
     )
     min_objects: int = Field(3, ge=2, le=12)
     max_objects: int = Field(8, ge=2, le=12)
     min_side: int = Field(192, ge=64, le=2048)
     max_side: int = Field(320, ge=64, le=4096)
     max_sentences: int = Field(3, ge=1, le=5)
+    max_refs: int = Field(4, ge=1, le=12, description="referents per image (objects with a unique expression)")
     image_format: Literal["jpg", "png"] = "jpg"
+
+    def model_post_init(self, __context: Any) -> None:
+        valid = ("train", "val", "testA", "testB")
+        for split, count in type(self).model_fields["images"].default_factory().items():
+            self.images.setdefault(split, count)  # so `--set data.synref.images.train=50` keeps the other splits
+        for split, count in self.images.items():
+            if split not in valid:
+                raise ValueError(f"unknown SynRef split {split!r}{closest(split, valid)}; valid: {', '.join(valid)}")
+            if count < 0:
+                raise ValueError(f"SynRef images[{split!r}] = {count}; must be >= 0")
+        if self.min_objects > self.max_objects:
+            raise ValueError(f"min_objects {self.min_objects} > max_objects {self.max_objects}")
+        if self.min_side > self.max_side:
+            raise ValueError(f"min_side {self.min_side} > max_side {self.max_side}")
 
 
 class DataConfig(Section):
@@ -57,6 +72,14 @@ class DataConfig(Section):
     synref: SynRefConfig = Field(default_factory=SynRefConfig)
     train_split: str = "train"
     eval_splits: list[str] = Field(default_factory=lambda: ["val", "testA", "testB"])
+
+    def model_post_init(self, __context: Any) -> None:
+        if self.dataset != "synref":
+            return  # real REFER splits are known only once the refs file is read (pipeline.data.refer checks them)
+        made = [k for k, v in self.synref.images.items() if v > 0]
+        for split in (self.train_split, *self.eval_splits):
+            if split not in made:
+                raise ValueError(f"split {split!r} is not generated{closest(split, made)}; SynRef makes: {', '.join(made)}")
 
 
 class ModelConfig(Section):
@@ -74,34 +97,49 @@ class ModelConfig(Section):
 
 
 class TrainConfig(Section):
-    steps: int = Field(1500, ge=1)
-    batch_size: int = Field(8, ge=1)
-    lr: float = Field(5e-5, gt=0)
+    """Optimisation recipe of the train stage; distillation reuses it. See configs/train/ for the paper recipe."""
+
+    seed: int = Field(0, ge=0, description="seed of initialisation, data order and dropout")
+    steps: int = Field(1500, ge=1, description="optimizer steps (ignored when epochs is set)")
+    epochs: int | None = Field(None, ge=1, description="passes over the train split; overrides steps when set")
+    batch_size: int = Field(8, ge=1, description="global batch, split evenly across torchrun processes")
+    lr: float = Field(5e-5, gt=0, description="peak lr of the new layers (fusion, decoder, scratch encoders)")
     encoder_lr: float | None = Field(None, gt=0, description="lr of pretrained encoders; default: lr")
-    weight_decay: float = Field(1e-2, ge=0)
-    warmup_steps: int = Field(50, ge=0)
+    weight_decay: float = Field(1e-2, ge=0, description="AdamW decay; never on norms, biases, position tables")
+    warmup_steps: int = Field(50, ge=0, description="linear warm-up from 0, then poly decay to 0")
     poly_power: float = Field(0.9, ge=0)
-    grad_clip: float = Field(1.0, ge=0)
+    grad_clip: float = Field(1.0, ge=0, description="max global grad norm; 0 = no clipping")
     dice_weight: float = Field(1.0, ge=0)
     bce_weight: float = Field(1.0, ge=0)
-    eval_every: int = Field(250, ge=1)
-    eval_samples: int = Field(400, ge=1)
-    checkpoint_every: int = Field(100, ge=1)
+    eval_every: int = Field(250, ge=1, description="validate every N steps (and after the last step)")
+    eval_samples: int = Field(400, ge=1, description="val samples scored per validation (a fixed subset)")
+    val_split: str = Field("val", description="split used for validation and best-checkpoint selection")
+    checkpoint_every: int = Field(100, ge=1, description="write the resumable `last` state every N steps")
+    log_every: int = Field(10, ge=1, description="metrics.jsonl / TensorBoard row every N steps")
     best_metric: Literal["miou", "oiou"] = "miou"
-    amp: Literal["auto", "bf16", "fp16", "off"] = "auto"
+    amp: Literal["auto", "bf16", "fp16", "off"] = Field("auto", description="CUDA only; auto = bf16 if supported")
     num_workers: int = Field(2, ge=0)
     freeze_text: bool = False
-    threads: int | None = Field(None, ge=1)
+    dropout: float | None = Field(None, ge=0, lt=1, description="set p of every nn.Dropout; default: the model's")
+    threads: int | None = Field(None, ge=1, description="torch CPU threads per process; default: torch's")
+    deterministic: bool = Field(True, description="torch.use_deterministic_algorithms (warn-only)")
+    tensorboard: bool = Field(False, description="also write TensorBoard logs under tb/")
 
 
 class DistillConfig(Section):
+    """Student training from a frozen teacher; optimizer, schedule and eval settings come from ``train``."""
+
     enabled: bool = False
-    student: str = "edge"
-    teacher_checkpoint: Path | None = None
+    student: str = Field("edge", description="student model variant")
+    student_img_size: int | None = Field(None, ge=32, le=2048, description="default: the student variant's")
+    student_vision_checkpoint: Path | None = Field(None, description="timm checkpoint of a pretrained student")
+    teacher_checkpoint: Path | None = Field(None, description="teacher .safetensors; default: the train stage's best")
     steps: int = Field(1000, ge=1)
-    temperature: float = Field(2.0, gt=0)
-    logit_weight: float = Field(1.0, ge=0)
-    feature_weight: float = Field(0.0, ge=0)
+    lr: float | None = Field(None, gt=0, description="default: train.lr")
+    temperature: float = Field(2.0, gt=0, description="softens both sigmoids of the logit distillation")
+    logit_weight: float = Field(1.0, ge=0, description="lambda of the mask-logit distillation term")
+    feature_weight: float = Field(0.0, ge=0, description="weight of fused-feature distillation (1x1 adapters)")
+    task_weight: float = Field(1.0, ge=0, description="weight of the Dice + BCE task loss on the ground truth")
 
 
 class ExportConfig(Section):

@@ -139,7 +139,7 @@ class Runner:
             return Status(name, "missing", "no manifest")
         parts = self.key_parts(st)
         if man.get("key") != _digest(parts):
-            changes = _diff(man.get("key_parts", {}), parts)
+            changes = [c.removeprefix("sections.") for c in _diff(man.get("key_parts", {}), parts)]
             return Status(name, "stale", "; ".join(changes[:6]) or "key changed")
         broken = self._broken_files(name, man, verify)
         if broken:

@@ -1,0 +1,108 @@
+"""Model-ready samples: a map-style training dataset and a batch-1 numpy evaluation iterator. Imports no torch.
+
+Usage::
+
+    refer = open_dataset(cfg, run_dir / "data")
+    loader = torch.utils.data.DataLoader(RISDataset(refer, "train", tokenizer, 224), batch_size=8, shuffle=True)
+    for inputs, gt, sample in iter_eval(refer, "val", tokenizer, 224): ...
+
+:class:`RISDataset` returns numpy arrays; torch's default collate stacks them into tensors, so the module (and the
+robot-side runtime that shares it) never needs torch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline.config import Config, DataConfig
+from pipeline.data.refer import ReferDataset, Sample, load_refer
+from pipeline.data.tokenize import TextTokenizer
+from pipeline.data.transforms import preprocess_image, resize_mask
+from pipeline.errors import DataError
+
+
+def open_dataset(cfg: Config | DataConfig, data_dir: str | Path) -> ReferDataset:
+    """Open the data set a config names: SynRef from the ``data`` stage's output, or REFER data from ``data.root``.
+
+    Args:
+        cfg: the run config (or its ``data`` section).
+        data_dir: the ``data`` stage's output folder (holds ``synref/`` for SynRef).
+    """
+    data = cfg.data if isinstance(cfg, Config) else cfg
+    if data.dataset == "synref":
+        return load_refer(data_dir, "synref", "unc")
+    if data.root is None:
+        raise DataError(f"data.dataset is {data.dataset!r} but data.root is not set; point it at the REFER data root")
+    return load_refer(data.root, data.dataset, data.split_by, data.images)
+
+
+def select(samples: Sequence[Sample], limit: int | None) -> list[Sample]:
+    """At most ``limit`` samples spread evenly over the list (deterministic); all of them when ``limit`` is None."""
+    if limit is None or limit >= len(samples):
+        return list(samples)
+    picks = np.unique(np.linspace(0, len(samples) - 1, max(limit, 0)).round().astype(int))
+    return [samples[i] for i in picks]
+
+
+class RISDataset:
+    """Training samples of one split, for ``torch.utils.data.DataLoader`` (map-style: ``len`` and ``[i]``).
+
+    All sentences are tokenized up front; images and masks are decoded per item.
+
+    Args:
+        refer: the loaded data set.
+        split: which split.
+        tokenizer: fixed-length tokenizer (its ``stats`` count the truncated sentences).
+        size: square input side S.
+        limit: keep at most this many samples (spread evenly).
+    """
+
+    def __init__(
+        self, refer: ReferDataset, split: str, tokenizer: TextTokenizer, size: int, limit: int | None = None
+    ) -> None:
+        self.refer = refer
+        self.split = split
+        self.size = size
+        self.samples = select(refer.samples(split), limit)
+        tokens = tokenizer([s.text for s in self.samples])
+        self.input_ids = tokens["input_ids"]  # B, N int64
+        self.attention_mask = tokens["attention_mask"]  # B, N int64
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        """``image`` float32 [3, S, S], ``input_ids``/``attention_mask`` int64 [N], ``mask`` float32 [1, S, S]."""
+        sample = self.samples[index]
+        image = preprocess_image(self.refer.image(sample.image_id), self.size)
+        target = resize_mask(self.refer.mask(sample.ann_id), self.size)
+        return {
+            "image": image,
+            "input_ids": self.input_ids[index],
+            "attention_mask": self.attention_mask[index],
+            "mask": target.astype(np.float32)[None],  # 1, S, S
+            "index": index,
+        }
+
+
+def iter_eval(
+    refer: ReferDataset, split: str, tokenizer: TextTokenizer, size: int, limit: int | None = None
+) -> Iterator[tuple[dict[str, np.ndarray], np.ndarray, Sample]]:
+    """Evaluation samples one at a time, ready for any runtime.
+
+    Yields:
+        ``(inputs, gt, sample)``: inputs ``image`` float32 [1, 3, S, S], ``input_ids`` and ``attention_mask`` int64
+        [1, N]; gt the bool mask at the image's original resolution [H, W]; sample the :class:`Sample`.
+    """
+    samples = select(refer.samples(split), limit)
+    last_id, image = None, None
+    for sample in samples:
+        if sample.image_id != last_id:  # a ref's sentences (and often its neighbours) share one image
+            image = preprocess_image(refer.image(sample.image_id), size)[None]  # 1, 3, S, S
+            last_id = sample.image_id
+        tokens = tokenizer(sample.text)
+        yield {"image": image, **tokens}, refer.mask(sample.ann_id), sample
