@@ -13,7 +13,11 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-SMALL = ["data.synref.images={train: 24, val: 6, testA: 6, testB: 6}", "data.synref.min_side=128", "data.synref.max_side=160"]
+SMALL = [
+    "data.synref.images={train: 24, val: 6, testA: 6, testB: 6}",
+    "data.synref.min_side=128",
+    "data.synref.max_side=160",
+]
 
 
 def cli(*args: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -56,15 +60,30 @@ def test_user_errors_exit_2_with_a_clear_message(tmp_path):
     bad_key = cli("run", "--stages", "data", "--set", "data.sede=3", check=False)
     assert bad_key.returncode == 2 and "did you mean 'seed'" in bad_key.stderr
     bad_stage = cli("run", "--stages", "dta", *sets(tmp_path), check=False)
-    assert bad_stage.returncode == 2 and "unknown stage 'dta'" in bad_stage.stderr and "did you mean 'data'" in bad_stage.stderr
+    assert (
+        bad_stage.returncode == 2
+        and "unknown stage 'dta'" in bad_stage.stderr
+        and "did you mean 'data'" in bad_stage.stderr
+    )
 
 
 def test_sigkill_mid_write_leaves_no_manifest_and_rerun_redoes(tmp_path):
-    args = ["run", "--stages", "data", "--config", "configs/demo.yaml",
-            *sets(tmp_path, "data.synref.images={train: 400, val: 6, testA: 6, testB: 6}")]
+    args = [
+        "run",
+        "--stages",
+        "data",
+        "--config",
+        "configs/demo.yaml",
+        *sets(tmp_path, "data.synref.images={train: 400, val: 6, testA: 6, testB: 6}"),
+    ]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "pipeline", *args], cwd=ROOT, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pipeline", *args],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     images = tmp_path / "demo" / ".data.work" / "synref" / "images"
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None:
@@ -85,8 +104,9 @@ def test_sigkill_mid_write_leaves_no_manifest_and_rerun_redoes(tmp_path):
 
 @pytest.mark.parametrize("script", ["s2rm"])
 def test_console_script_entry_point_resolves(script):
-    import tomllib
     from importlib import import_module
+
+    import tomllib
 
     scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
     module, func = scripts[script].split(":")
