@@ -12,7 +12,7 @@ export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 DEVICES := $(sort $(basename $(notdir $(wildcard configs/devices/*.yaml))))
 
-.PHONY: help setup venv-path demo test test-all lint status clean-runs stages devices $(DEVICES)
+.PHONY: help setup venv-path demo bench report test test-all lint status clean-runs stages devices $(DEVICES)
 
 help:  ## list targets
 	@grep -E '^[a-zA-Z0-9_.-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-20s %s\n", $$1, $$2}'
@@ -23,8 +23,18 @@ setup:  ## create or refresh the project's virtual environment (idempotent; ~2 m
 venv-path:  ## print the venv path
 	@echo $(VENV)
 
-demo: setup  ## run the whole pipeline on the embedded default (SynRef + demo model)
-	$(PY) -m pipeline run --config $(CONFIG) $(RUN_ARGS)
+demo: setup  ## the whole pipeline on the embedded default: x86 artifacts + report, then the Jetson bundle
+	$(PY) -m pipeline run --config $(CONFIG) --device x86-cpu $(RUN_ARGS)
+	$(PY) -m pipeline run --config $(CONFIG) --device jetson-orin-nano --stages bundle $(RUN_ARGS)
+	@echo "report: runs/demo/devices/x86-cpu/report/report.html (and report.md)"
+	@echo "Jetson bundle: runs/demo/devices/jetson-orin-nano/bundle/bundle.tar.gz"
+	@sed -n '1,40p' runs/demo/devices/x86-cpu/report/report.md 2>/dev/null || true
+
+bench: setup  ## latency benchmarks of every artifact of the demo run (stage bench, x86-cpu)
+	$(PY) -m pipeline run --config $(CONFIG) --device x86-cpu --stages bench $(RUN_ARGS)
+
+report: setup  ## accuracy-vs-latency report of the demo run (report.md / .html / .json / plot)
+	$(PY) -m pipeline run --config $(CONFIG) --device x86-cpu --stages report $(RUN_ARGS)
 
 test: setup  ## fast test suite (slow tests excluded)
 	$(PY) -m pytest -q $(PYTEST_ARGS)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from pathlib import Path
 
 from pipeline.config import Config, load_config
 from pipeline.errors import PipelineError
@@ -55,6 +56,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("stages", help="list the stages with their upstream stages and config sections")
     sub.add_parser("devices", help="list the device profiles")
+
+    predict = sub.add_parser("predict", help="segment what a sentence names in an image with any artifact")
+    predict.add_argument(
+        "--artifact",
+        required=True,
+        type=Path,
+        help=".onnx (ONNX Runtime), .xml (OpenVINO), .engine/.plan (TensorRT) or .safetensors (PyTorch)",
+    )
+    predict.add_argument("--image", required=True, type=Path)
+    predict.add_argument("--text", required=True, action="append", help="a sentence (repeat for several)")
+    predict.add_argument("--out", type=Path, default=Path("predictions"), help="folder for the mask and overlay PNGs")
+    predict.add_argument("--runtime", default=None, help="override the runtime chosen from the file extension")
+    predict.add_argument("--threads", type=int, default=None)
     return parser
 
 
@@ -112,6 +126,41 @@ def cmd_devices(args: argparse.Namespace) -> int:
     return 0
 
 
+RUNTIME_BY_SUFFIX = {
+    ".onnx": "onnxruntime",
+    ".xml": "openvino",
+    ".engine": "tensorrt",
+    ".plan": "tensorrt",
+    ".safetensors": "torch",
+}
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from pipeline.data.refer import decode_image
+    from pipeline.errors import ArtifactError, choice_error
+    from runtimes import get_runtime
+    from runtimes.processing import Processing
+    from runtimes.visualize import save_mask_and_overlay
+
+    suffix = args.artifact.suffix.lower()
+    name = args.runtime or RUNTIME_BY_SUFFIX.get(suffix)
+    if name is None:
+        raise choice_error("artifact type", suffix or args.artifact.name, RUNTIME_BY_SUFFIX, ArtifactError)
+    if not args.artifact.is_file():
+        raise ArtifactError(f"artifact {args.artifact} does not exist")
+    rt = get_runtime(name).load(args.artifact, threads=args.threads)
+    proc = Processing.from_metadata(rt.metadata)
+    rgb = decode_image(args.image, args.image.name)
+    image_inputs = proc.image(rgb)
+    args.out.mkdir(parents=True, exist_ok=True)
+    for i, sentence in enumerate(args.text):
+        mask = proc.postprocess(rt.infer({**image_inputs, **proc.text(sentence)})["mask_logits"][0], rgb.shape[:2])
+        stem = args.image.stem if len(args.text) == 1 else f"{args.image.stem}_{i}"
+        save_mask_and_overlay(rgb, mask, args.out / f"{stem}_mask.png", args.out / f"{stem}_overlay.png")
+        print(f"{sentence!r}: {int(mask.sum())} px ({mask.mean():.1%} of the image) -> {args.out / stem}_mask.png")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _setup_logging(args.log_level)
@@ -120,6 +169,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_stages(args)
         if args.command == "devices":
             return cmd_devices(args)
+        if args.command == "predict":
+            return cmd_predict(args)
         cfg = load_config(args.config, args.overrides, device=args.device)
         return {"run": cmd_run, "status": cmd_status, "clean": cmd_clean}[args.command](args, cfg)
     except PipelineError as exc:

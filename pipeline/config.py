@@ -79,7 +79,8 @@ class DataConfig(Section):
         made = [k for k, v in self.synref.images.items() if v > 0]
         for split in (self.train_split, *self.eval_splits):
             if split not in made:
-                raise ValueError(f"split {split!r} is not generated{closest(split, made)}; SynRef makes: {', '.join(made)}")
+                hint = closest(split, made)
+                raise ValueError(f"split {split!r} is not generated{hint}; SynRef makes: {', '.join(made)}")
 
 
 class ModelConfig(Section):
@@ -106,6 +107,7 @@ class TrainConfig(Section):
     lr: float = Field(5e-5, gt=0, description="peak lr of the new layers (fusion, decoder, scratch encoders)")
     encoder_lr: float | None = Field(None, gt=0, description="lr of pretrained encoders; default: lr")
     weight_decay: float = Field(1e-2, ge=0, description="AdamW decay; never on norms, biases, position tables")
+    adam_eps: float = Field(1e-8, gt=0, description="AdamW epsilon")
     warmup_steps: int = Field(50, ge=0, description="linear warm-up from 0, then poly decay to 0")
     poly_power: float = Field(0.9, ge=0)
     grad_clip: float = Field(1.0, ge=0, description="max global grad norm; 0 = no clipping")
@@ -121,6 +123,7 @@ class TrainConfig(Section):
     num_workers: int = Field(2, ge=0)
     freeze_text: bool = False
     dropout: float | None = Field(None, ge=0, lt=1, description="set p of every nn.Dropout; default: the model's")
+    drop_path: float | None = Field(None, ge=0, lt=1, description="set every stochastic-depth rate; default: model's")
     threads: int | None = Field(None, ge=1, description="torch CPU threads per process; default: torch's")
     deterministic: bool = Field(True, description="torch.use_deterministic_algorithms (warn-only)")
     tensorboard: bool = Field(False, description="also write TensorBoard logs under tb/")
@@ -143,41 +146,67 @@ class DistillConfig(Section):
 
 
 class ExportConfig(Section):
-    opset: int | None = Field(None, ge=13, le=23, description="default: what the exporter gives")
-    parity_samples: int = Field(8, ge=1)
-    fp16: bool = True
-    split_graphs: bool = True
+    opset: int | None = Field(
+        None, ge=13, le=23, description="ONNX opset; default: device.opset, else the dynamo exporter's; <=17: legacy"
+    )
+    parity_samples: int = Field(8, ge=1, description="real evaluation samples of the PyTorch parity check")
+    parity_atol: float = Field(1e-4, gt=0, description="FP32 parity above this max |diff| is logged as a warning")
+    fp16: bool = Field(True, description="also write full_fp16.onnx (LayerNorm/Softmax/reductions kept FP32)")
+    split_graphs: bool = Field(True, description="also export image_encoder, text_encoder, decoder")
+    openvino: bool = Field(True, description="also convert every ONNX to OpenVINO IR FP32")
 
 
 class CalibrateConfig(Section):
-    samples: int = Field(300, ge=1)
+    samples: int = Field(300, ge=1, description="calibration samples from the train split (warns under 100)")
+    seed: int = Field(0, ge=0, description="seed of the stratified draw")
 
 
 class QuantConfig(Section):
-    openvino: bool = True
-    qdq: bool = True
-    qdq_backend: Literal["auto", "modelopt", "onnxruntime"] = "auto"
+    openvino: bool = Field(True, description="OpenVINO INT8 with NNCF")
+    qdq: bool = Field(True, description="TensorRT-bound Q/DQ INT8 ONNX")
+    qdq_backend: Literal["auto", "modelopt", "onnxruntime"] = Field(
+        "auto", description="auto: modelopt when installed, else onnxruntime"
+    )
+    qdq_float: Literal["auto", "fp32", "fp16"] = Field(
+        "auto", description="float remainder of the Q/DQ graph; auto: fp16 with modelopt for a tensorrt device"
+    )
     budget_miou: float = Field(1.0, gt=0, description="hard budget: allowed mIoU drop in points")
     target_miou: float = Field(0.5, gt=0, description="target mIoU drop in points")
-    accuracy_control: bool = False
-    eval_samples: int = Field(200, ge=1)
-    max_fallback_steps: int = Field(8, ge=0)
+    accuracy_control: bool = Field(
+        False, description="OpenVINO: nncf.quantize_with_accuracy_control with max_drop = target_miou (slow)"
+    )
+    eval_samples: int = Field(200, ge=1, description="validation subset (eval splits) the drop is measured on")
+    max_fallback_steps: int = Field(8, ge=0, description="Q/DQ fallback rounds (0: none)")
+    latency_runs: int = Field(20, ge=1, description="timed runs of the quick speed-up measurement")
 
 
 class BuildConfig(Section):
-    workspace_mb: int = Field(2048, ge=64)
+    workspace_mb: int | None = Field(None, ge=64, description="builder workspace; default: device.workspace_mb")
+    precision: Literal["auto", "int8", "fp16", "fp32"] = Field("auto", description="auto: device.precision")
+    timing_cache: bool = Field(True, description="reuse a timing cache file across builds")
+    gpu_fallback: bool = Field(True, description="with a DLA core: let unsupported layers run on the GPU")
+    strongly_typed: Literal["auto", "on", "off"] = Field(
+        "auto", description="auto: on for Q/DQ and FP16 ONNX on TensorRT >= 10 (required from 11)"
+    )
 
 
 class ValidateConfig(Section):
-    bootstrap: int = Field(1000, ge=100)
-    max_samples: int | None = Field(None, ge=1)
+    bootstrap: int = Field(1000, ge=100, description="bootstrap resamples of the paired mIoU drop's 95% CI")
+    max_samples: int | None = Field(None, ge=1, description="samples per eval split, spread evenly; default: all")
+    gate_on: Literal["estimate", "upper_ci"] = Field(
+        "estimate", description="INT8 passes when this end of the drop is within quant.budget_miou"
+    )
 
 
 class BenchConfig(Section):
-    warmup: int = Field(5, ge=0)
-    runs: int = Field(50, ge=1)
-    threads: int | None = Field(None, ge=1)
-    expressions: list[int] = Field(default_factory=lambda: [1, 4, 8])
+    warmup: int = Field(5, ge=0, description="untimed runs per artifact before timing")
+    runs: int = Field(50, ge=1, description="timed runs per artifact, interleaved across artifacts")
+    threads: int | None = Field(None, ge=1, description="threads of every runtime; default: device.threads")
+    expressions: list[int] = Field(
+        default_factory=lambda: [1, 4, 8], min_length=2, description="k expressions answered on one encoded frame"
+    )
+    split_graph: bool = Field(True, description="also time the split graphs (encode once, k expressions)")
+    peak_rss: bool = Field(True, description="measure each artifact's peak RSS in a fresh subprocess")
 
 
 class DeviceConfig(Section):

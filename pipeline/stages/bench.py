@@ -1,0 +1,207 @@
+"""The ``bench`` stage: latency of every artifact, interleaved, plus split-graph cost, peak RSS, size and machine info.
+
+Usage: ``python -m pipeline run --config configs/demo.yaml --stages bench [--set bench.runs=100]``.
+
+One real evaluation frame and ``max(bench.expressions)`` real sentences are pre-processed once; every runtime then
+runs the same batch-1 inputs. Full graphs and split-graph pipelines ("encode the frame once, then k × (encode text +
+decode)") of all artifacts are timed in ONE interleaved session (:func:`benchmarks.latency.time_interleaved`), so the
+speed-up against PyTorch FP32 eager and the cost per extra expression compare numbers measured side by side.
+Pre- and post-processing are timed once (they are shared). Peak RSS is measured per artifact in a fresh process.
+
+Writes ``results.json`` (summaries per artifact, machine, settings), ``raw_ms.json`` (every timed run) and
+``inputs.npz`` (the benchmark's inputs). Rows that cannot run here have status ``unavailable: <reason>``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from pipeline.stage import StageContext, stage
+from pipeline.stages.validate import UPSTREAM, threads_of
+
+log = logging.getLogger(__name__)
+
+
+def pick_inputs(refer: Any, splits: list[str], n_sentences: int) -> tuple[np.ndarray, list[str], dict[str, Any]]:
+    """The first evaluation frame of the first split, and ``n_sentences`` distinct real sentences (repeated if few)."""
+    samples = [s for split in splits for s in refer.samples(split)]
+    if not samples:
+        raise ValueError(f"no evaluation samples in splits {splits}")
+    first = samples[0]
+    texts = list(dict.fromkeys(s.text for s in samples if s.image_id == first.image_id))
+    texts += [t for t in dict.fromkeys(s.text for s in samples[:500]) if t not in texts]
+    texts = (texts * n_sentences)[:n_sentences]
+    rgb = refer.image(first.image_id)
+    return rgb, texts, {"image_id": first.image_id, "split": first.split, "size": list(rgb.shape[:2])}
+
+
+def split_pipeline(
+    enc: Any, txt: Any, dec: Any, image: dict[str, np.ndarray], texts: list[dict[str, np.ndarray]]
+) -> dict[str, Callable[[], Any]]:
+    """Timing callables of one artifact's split graphs: components, and "encode once + k expressions" per k."""
+    feats = enc.infer(image)
+    text0 = txt.infer(texts[0])
+    dec_feed = {n: {**feats, **text0, **texts[0]}[n] for n in dec.inputs}
+
+    def run_k(k: int) -> None:
+        encoded = enc.infer(image)
+        for t in texts[:k]:
+            words = txt.infer(t)
+            dec.infer({n: {**encoded, **words, **t}[n] for n in dec.inputs})
+
+    fns: dict[str, Callable[[], Any]] = {
+        "encode_image": lambda: enc.infer(image),
+        "encode_text": lambda: txt.infer(texts[0]),
+        "decode": lambda: dec.infer(dec_feed),
+    }
+    for k in range(1, len(texts) + 1):
+        fns[f"k={k}"] = lambda k=k: run_k(k)
+    return fns
+
+
+def _load_split(art: Any, full_rt: Any, threads: int | None) -> tuple[Any, Any, Any]:
+    from benchmarks.artifacts import load_artifact
+
+    if art.runtime == "torch":  # one checkpoint, three graphs sharing its weights
+        return full_rt.graph("image_encoder"), full_rt.graph("text_encoder"), full_rt.graph("decoder")
+    return tuple(load_artifact(art, threads, graph=g) for g in ("image_encoder", "text_encoder", "decoder"))
+
+
+@stage(
+    "bench",
+    upstream=UPSTREAM,
+    sections=("data", "model", "bench", "device"),
+    version="1",
+    toolchain=("torch", "onnxruntime", "openvino", "tensorrt"),
+    per_device=True,
+)
+def run_bench(ctx: StageContext) -> dict[str, Any]:
+    """Time every artifact and write ``results.json``."""
+    from benchmarks.artifacts import REFERENCE, find_artifacts, load_artifact
+    from benchmarks.latency import (
+        describe_machine,
+        machine_info,
+        peak_rss_subprocess,
+        summarize,
+        time_interleaved,
+    )
+    from pipeline.data.dataset import open_dataset
+    from pipeline.errors import PipelineError, RuntimeUnavailable
+    from pipeline.io import atomic_write_json
+    from runtimes.processing import Processing
+
+    cfg, b = ctx.cfg, ctx.cfg.bench
+    threads = threads_of(cfg)
+    ks = sorted(set(b.expressions))
+    machine = machine_info(threads)
+    log.info("bench: %s", describe_machine(machine))
+
+    # 1. artifacts, runtimes, inputs
+    arts = find_artifacts(ctx.upstream_dirs, cfg.device.precision)
+    statuses = {a.name: a.status for a in arts if a.status}
+    loaded: dict[str, Any] = {}
+    for art in arts:
+        if art.name not in statuses:
+            try:
+                loaded[art.name] = load_artifact(art, threads=threads)
+            except RuntimeUnavailable as exc:
+                statuses[art.name] = f"unavailable: {exc}"
+            except PipelineError as exc:
+                statuses[art.name] = f"error: {exc}"
+    if not loaded:
+        log.warning("bench: no artifact can run here: %s", statuses)
+    refer = open_dataset(cfg, ctx.upstream("data"))
+    rgb, texts, frame = pick_inputs(refer, list(cfg.data.eval_splits), max(ks))
+    tok_dir = ctx.upstream("export") / "tokenizer"
+    any_rt = loaded.get(REFERENCE) or next(iter(loaded.values()), None)
+    proc = Processing.from_metadata(any_rt.metadata if any_rt else {"img_size": 1, "max_tokens": 2},
+                                    tok_dir if tok_dir.is_dir() else None)  # fmt: skip
+    feeds = proc(rgb, texts[0])
+    np.savez(ctx.out / "inputs.npz", **feeds)
+    image, text_feeds = proc.image(rgb), [proc.text(t) for t in texts]
+
+    # 2. one interleaved session: full graphs and split-graph pipelines of every runnable artifact
+    fns: dict[str, Callable[[], Any]] = {name: (lambda rt=rt: rt.infer(feeds)) for name, rt in loaded.items()}
+    split_status: dict[str, str] = {}
+    if b.split_graph:
+        for art in arts:
+            if art.name not in loaded:
+                continue
+            if not art.split:
+                split_status[art.name] = "unavailable: no split graphs in this run"
+                continue
+            try:
+                enc, txt, dec = _load_split(art, loaded[art.name], threads)
+                parts = split_pipeline(enc, txt, dec, image, text_feeds)
+            except Exception as exc:  # a split graph that does not load or run is a status, not a crash
+                split_status[art.name] = f"error: {type(exc).__name__}: {exc}"
+                continue
+            keep = {"encode_image", "encode_text", "decode", *(f"k={k}" for k in ks)}
+            fns |= {f"{art.name}/{key}": fn for key, fn in parts.items() if key in keep}
+            split_status[art.name] = "ok"
+    log.info("bench: %d timed callables, %d warm-up + %d runs each, interleaved", len(fns), b.warmup, b.runs)
+    times, errors = time_interleaved(fns, warmup=b.warmup, runs=b.runs)
+
+    # 3. shared pre- and post-processing, once
+    logits = next(iter(loaded.values())).infer(feeds)["mask_logits"] if loaded else None
+    proc_fns: dict[str, Callable[[], Any]] = {"pre": lambda: proc(rgb, texts[0])}
+    if logits is not None:
+        proc_fns["post"] = lambda: proc.postprocess(logits, rgb.shape[:2])
+    proc_times, _ = time_interleaved(proc_fns, warmup=b.warmup, runs=b.runs)
+
+    # 4. rows
+    rows: dict[str, Any] = {}
+    for art in arts:
+        entry: dict[str, Any] = {**art.describe(), "status": statuses.get(art.name, "ok")}
+        if art.name in errors:
+            entry["status"] = f"error: {errors[art.name]}"
+        if entry["status"] == "ok":
+            entry["latency"] = summarize(times[art.name])
+            if b.peak_rss:
+                entry["peak_rss"] = peak_rss_subprocess(art.runtime, art.path, ctx.out / "inputs.npz", threads)
+        if art.name in split_status:
+            entry["split_graph"] = _split_entry(art.name, split_status[art.name], times, errors, ks, entry)
+        rows[art.name] = entry
+    ref_p50 = (rows.get(REFERENCE, {}).get("latency") or {}).get("p50_ms")
+    out = {
+        "machine": machine,
+        "settings": {"warmup": b.warmup, "runs": b.runs, "threads": threads, "expressions": ks,
+                     "interleaved": True, "batch": 1, "timer": "time.perf_counter"},
+        "frame": {**frame, "sentences": texts},
+        "processing": {k: summarize(v) for k, v in proc_times.items()},
+        "artifacts": rows,
+        "order": [a.name for a in arts],
+    }  # fmt: skip
+    atomic_write_json(ctx.out / "results.json", out)
+    atomic_write_json(ctx.out / "raw_ms.json", {k: [round(x, 4) for x in v] for k, v in times.items()})
+    figures: dict[str, Any] = {"machine": describe_machine(machine), "p50_ms": {}, "speedup": {}, "expression_cost": {}}
+    for name, e in rows.items():
+        p50 = (e.get("latency") or {}).get("p50_ms")
+        figures["p50_ms"][name] = p50
+        figures["speedup"][name] = (ref_p50 / p50) if ref_p50 and p50 else None
+        cost = (e.get("split_graph") or {}).get("cost", {})
+        if cost.get("ratio_to_full") is not None:
+            figures["expression_cost"][name] = cost["ratio_to_full"]
+        log.info("bench: %-18s %-12s p50 %s ms", name, e["status"][:12], "–" if p50 is None else f"{p50:.2f}")
+    return figures
+
+
+def _split_entry(
+    name: str, status: str, times: dict[str, list[float]], errors: dict[str, str], ks: list[int], row: dict[str, Any]
+) -> dict[str, Any]:
+    from benchmarks.latency import expression_cost, summarize
+
+    keys = [f"{name}/{c}" for c in ("encode_image", "encode_text", "decode")] + [f"{name}/k={k}" for k in ks]
+    broken = [errors[k] for k in keys if k in errors]
+    if status != "ok" or broken:
+        return {"status": status if status != "ok" else f"error: {broken[0]}"}
+    comp = {c: summarize(times[f"{name}/{c}"]) for c in ("encode_image", "encode_text", "decode")}
+    per_k = {str(k): summarize(times[f"{name}/k={k}"]) for k in ks}
+    full = (row.get("latency") or {}).get("p50_ms") or 0.0
+    cost = expression_cost({k: per_k[str(k)]["p50_ms"] for k in ks}, full)
+    cost["cached_text_ratio"] = comp["decode"]["p50_ms"] / full if full else None  # fixed commands: decode only
+    return {"status": "ok", "components": comp, "k": per_k, "cost": cost}

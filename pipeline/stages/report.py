@@ -1,0 +1,119 @@
+"""The ``report`` stage (report.md / .html / .json + Pareto plot) and the ``gate`` stage that fails the run after it.
+
+Usage: ``python -m pipeline run --config configs/demo.yaml --device x86-cpu --stages report`` (``gate`` runs last in a
+full run; ``--stages gate`` runs everything it needs and exits non-zero when an INT8 artifact is over budget).
+
+Why two stages: a gate that raised inside ``validate`` would leave that stage without a manifest, so neither the
+benchmark nor the report would exist, and the user would get an error without the figures that explain it.
+``validate`` records ``validation failed`` rows and finishes; ``report`` shows them; ``gate`` (upstream: validate and
+report) raises :class:`StageError` with a summary. A failed gate writes no manifest, so it fails again on the next
+run until the artifacts change, never silently passing from a cache.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from pipeline.stage import StageContext, stage
+
+COMMANDS = (
+    "make bench CONFIG={config} DEVICE={device}    # or: python -m pipeline run -c {config} --device {device} "
+    "--stages bench",
+    "make report CONFIG={config} DEVICE={device}   # or: python -m pipeline run -c {config} --device {device} "
+    "--stages report",
+    "python -m benchmarks screenshot {html}   # headless Chromium rendering to PNG",
+)
+
+
+def stage_figures(folder: Path) -> dict[str, Any]:
+    """The ``figures`` of a finished stage's manifest (empty when absent)."""
+    path = folder / "manifest.json"
+    return json.loads(path.read_text()).get("figures", {}) if path.is_file() else {}
+
+
+def fallback_nodes(quant: dict[str, Any]) -> dict[str, list[str]]:
+    """Nodes the quantize stage returned to float, per report row.
+
+    The Q/DQ graph's accuracy-targeted fallback lists its exclusions (the mask head, kept float by policy, is not a
+    fallback and is left out); NNCF records ignored or reverted nodes when accuracy control ran.
+    """
+    out: dict[str, list[str]] = {}
+    qdq = quant.get("full_int8_qdq.onnx") or {}
+    if "fallback" in qdq:
+        head = set(qdq.get("mask_head") or [])
+        out["onnxruntime-int8"] = [n for n in qdq["fallback"].get("excluded", []) if n not in head]
+    ov = quant.get("full_int8.xml") or {}
+    if ov:
+        info = ov.get("quantization") or {}
+        out["openvino-int8"] = list(info.get("reverted") or info.get("ignored") or [])
+    return out
+
+
+@stage(
+    "report",
+    upstream=("validate", "bench", "quantize"),
+    sections=("device", "quant", "validate", "bench"),
+    version="1",
+    per_device=True,
+)
+def run_report(ctx: StageContext) -> dict[str, Any]:
+    """Assemble validation, benchmark and quantization results into report.md / .html / .json and the plot."""
+    from benchmarks.report import assemble, load_json, write_report
+
+    cfg = ctx.cfg
+    validation = load_json(ctx.upstream("validate") / "results.json")
+    bench = load_json(ctx.upstream("bench") / "results.json")
+    quant = {"fallback": fallback_nodes(stage_figures(ctx.upstream("quantize")))}
+    final = ctx.run_dir / "devices" / cfg.device.name / "report"
+    config = "configs/<your config>.yaml" if cfg.run.name != "demo" else "configs/demo.yaml"
+    context = {
+        "run": cfg.run.name,
+        "device": cfg.device.name,
+        "device_description": cfg.device.description,
+        "config_digest": cfg.digest(["model", "quant", "device", "bench", "validate"])[:16],
+        "commands": [c.format(config=config, device=cfg.device.name, html=final / "report.html") for c in COMMANDS],
+    }
+    rep = assemble(validation, bench, quant, context)
+    paths = write_report(rep, ctx.out)
+    return {
+        "files": sorted(p.name for p in paths.values()),
+        "statuses": {r["name"]: r["status"] for r in rep["rows"]},
+        "pareto": rep["pareto"],
+        "int8_paid_off": {v["runtime"]: v["paid_off"] for v in rep["int8"]},
+        "targets": rep["targets"],
+    }
+
+
+@stage("gate", upstream=("validate", "report"), sections=("quant", "validate"), version="1", per_device=True)
+def run_gate(ctx: StageContext) -> dict[str, Any]:
+    """Fail the run (non-zero exit) when a gated INT8 artifact is over the mIoU budget; the report is written first.
+
+    Raises:
+        StageError: one or more gated artifacts failed validation; the message lists each with its drop and CI.
+    """
+    from benchmarks.report import load_json
+    from pipeline.errors import StageError
+
+    validation = load_json(ctx.upstream("validate") / "results.json") or {}
+    budget = validation.get("budget_miou_points")
+    lines = []
+    for name, entry in validation.get("artifacts", {}).items():
+        if entry.get("status") != "validation failed":
+            continue
+        m = (entry.get("drop_vs_reference") or {}).get("mIoU", {})
+        lines.append(
+            f"  {entry.get('label', name)}: mIoU drop {-100 * m.get('diff', float('nan')):+.2f} points "
+            f"[95% CI {-100 * m.get('upper', float('nan')):+.2f}, {-100 * m.get('lower', float('nan')):+.2f}] "
+            f"> budget {budget} (gate on the {validation.get('gate_on', 'estimate')})"
+        )
+    if lines:
+        report = ctx.upstream("report") / "report.md"
+        raise StageError(
+            f"INT8 accuracy gate failed on device {ctx.cfg.device.name!r}:\n" + "\n".join(lines) + "\n"
+            f"Every figure is in {report} (and report.html). To fix: allow more fallback steps "
+            "(quant.max_fallback_steps), calibrate on more samples (calibrate.samples), or ship the FP32 artifact."
+        )
+    gated = [n for n, e in validation.get("artifacts", {}).items() if e.get("gated")]
+    return {"passed": True, "budget_miou_points": budget, "gated": gated}

@@ -1,0 +1,26 @@
+"""The ``train`` stage: train ``model.variant`` on the data stage's output (resumable; see :mod:`pipeline.train`).
+
+Usage: ``python -m pipeline run --config configs/demo.yaml --stages train`` (or, on several GPUs,
+``torchrun --nproc_per_node=4 -m pipeline.train --config ...``, which runs this same stage).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pipeline.stage import StageContext, stage
+
+
+@stage(
+    "train",
+    upstream=("data",),
+    sections=("data", "model", "train"),
+    version="1",
+    toolchain=("torch", "timm", "transformers"),
+    resumable=True,
+)
+def run_train(ctx: StageContext) -> dict[str, Any]:
+    """Write ``best.safetensors`` + ``best.json``, ``last/``, ``metrics.jsonl``; return the training figures."""
+    from pipeline.train import fit
+
+    return fit(ctx.cfg, ctx.upstream("data"), ctx.out)

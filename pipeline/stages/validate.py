@@ -1,0 +1,148 @@
+"""The ``validate`` stage: every artifact on every evaluation split against a re-run PyTorch FP32 reference.
+
+Usage: ``python -m pipeline run --config configs/demo.yaml --stages validate [--set validate.max_samples=200]``.
+
+Writes ``results.json`` (per artifact: status, oIoU / mIoU / prec@X overall, per split and per expression kind, the
+mIoU and oIoU drop against PyTorch FP32 with a paired bootstrap 95% CI, agreement with the FP32 masks, pass/fail
+against ``quant.budget_miou``) and ``samples/<artifact>.json`` (per-sample I and U, to re-compare later).
+
+Gating: an INT8 artifact over the budget gets status ``validation failed``, but this stage still finishes and writes
+its manifest, so ``bench`` and ``report`` run and the report shows the failure. The ``gate`` stage (declared in
+:mod:`pipeline.stages.report`, after ``report``) then raises :class:`StageError` and the pipeline exits non-zero.
+Raising here instead would leave no manifest and no report: the user would see an error and not the figures.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+from typing import Any
+
+from pipeline.stage import StageContext, stage
+
+log = logging.getLogger(__name__)
+
+# the build stage (TensorRT engines) is optional: a checkout without it still validates and benchmarks
+UPSTREAM = ("data", "train", "export", "quantize") + (
+    ("build",) if importlib.util.find_spec("pipeline.stages.build") else ()
+)
+
+
+def threads_of(cfg: Any) -> int | None:
+    """Threads every runtime gets when timed: ``bench.threads``, else the device profile's."""
+    return cfg.bench.threads or cfg.device.threads
+
+
+def gate_verdict(entry: dict[str, Any], budget: float, gate_on: str) -> bool:
+    """Does an artifact's mIoU drop hold the budget (points)? The estimate, or the CI's pessimistic end."""
+    from benchmarks.accuracy import miou_drop_points
+
+    drop = miou_drop_points(entry)
+    if drop is None:
+        return False
+    estimate, _low, high = drop
+    return (high if gate_on == "upper_ci" else estimate) <= budget
+
+
+@stage(
+    "validate",
+    upstream=UPSTREAM,
+    sections=("data", "model", "quant", "validate", "device"),  # not bench: its settings do not change accuracy
+    version="1",
+    toolchain=("torch", "onnxruntime", "openvino", "tensorrt"),
+    per_device=True,
+)
+def run_validate(ctx: StageContext) -> dict[str, Any]:
+    """Score every artifact in lockstep with the FP32 reference and write ``results.json``."""
+    from benchmarks.accuracy import eval_samples, evaluate, summarize
+    from benchmarks.artifacts import REFERENCE, find_artifacts, load_artifact
+    from pipeline.data.dataset import open_dataset
+    from pipeline.errors import ArtifactError, PipelineError, RuntimeUnavailable, StageError
+    from pipeline.io import atomic_write_json
+    from runtimes.processing import Processing
+
+    cfg = ctx.cfg
+    threads = cfg.device.threads  # accuracy does not depend on it; bench.threads stays out of this stage's key
+    budget, gate_on = cfg.quant.budget_miou, cfg.validate_.gate_on
+
+    # 1. artifacts and their runtimes; what cannot load becomes a row with a status
+    arts = find_artifacts(ctx.upstream_dirs, cfg.device.precision)
+    statuses: dict[str, str] = {a.name: a.status for a in arts if a.status}
+    loaded: dict[str, Any] = {}
+    for art in arts:
+        if art.name in statuses:
+            continue
+        try:
+            loaded[art.name] = load_artifact(art, threads=threads)
+        except RuntimeUnavailable as exc:
+            statuses[art.name] = f"unavailable: {exc}"
+        except (ArtifactError, PipelineError) as exc:
+            statuses[art.name] = f"error: {exc}"
+    if REFERENCE not in loaded:
+        raise StageError(f"validate: the PyTorch FP32 reference cannot run: {statuses.get(REFERENCE)}")
+
+    # 2. one pre-processing for all: every artifact must describe the same one as the reference
+    tok_dir = ctx.upstream("export") / "tokenizer"
+    proc = Processing.from_metadata(loaded[REFERENCE].metadata, tok_dir if tok_dir.is_dir() else None)
+    proc.threshold = cfg.model.threshold  # a checkpoint need not record it; exported artifacts do, and must agree
+    for name, rt in list(loaded.items()):
+        other = Processing.from_metadata(rt.metadata)
+        if other.signature() != proc.signature():
+            statuses[name] = f"error: pre-processing {other.describe()} differs from the reference's {proc.describe()}"
+            del loaded[name]
+
+    # 3. lockstep evaluation over the eval splits, then drops with bootstrap CIs
+    refer = open_dataset(cfg, ctx.upstream("data"))
+    splits = [s for s in cfg.data.eval_splits if s in refer.splits]
+    samples = eval_samples(refer, splits, proc, cfg.validate_.max_samples)
+    results = evaluate(loaded, samples, REFERENCE, processing=proc)
+    summary = summarize(results, REFERENCE, n_boot=cfg.validate_.bootstrap, seed=cfg.run.seed)
+
+    # 4. rows, pass/fail, files
+    rows: dict[str, Any] = {}
+    failed = []
+    for art in arts:
+        entry = {**art.describe(), **summary.get(art.name, {})}
+        if art.name in statuses:
+            entry["status"] = statuses[art.name]
+        if entry.get("status") == "ok" and art.gated:
+            entry["passed"] = gate_verdict(entry, budget, gate_on)
+            if not entry["passed"]:
+                entry["status"] = "validation failed"
+                failed.append(art.name)
+        rows[art.name] = entry
+        if art.name in results and not results[art.name].error:
+            atomic_write_json(ctx.out / "samples" / f"{art.name}.json", results[art.name].metrics.state_dict())
+    out = {
+        "reference": REFERENCE,
+        "budget_miou_points": budget,
+        "target_miou_points": cfg.quant.target_miou,
+        "gate_on": gate_on,
+        "eval_splits": splits,
+        "n_samples": len(results[REFERENCE].metrics),
+        "protocol": f"original resolution, bilinear upsampling, sigmoid ≥ {proc.threshold}",
+        "processing": proc.describe(),
+        "threads": threads,
+        "artifacts": rows,
+        "order": [a.name for a in arts],
+    }
+    atomic_write_json(ctx.out / "results.json", out)
+    for name, entry in rows.items():
+        drop = (entry.get("drop_vs_reference") or {}).get("mIoU", {})
+        log.info("validate: %-18s %-22s mIoU %s, drop %s points", name, entry["status"][:22],
+                 _fmt((entry.get("metrics") or {}).get("overall", {}).get("mIoU")),
+                 _fmt(None if not drop else round(-100 * drop["diff"], 4)))  # fmt: skip
+    return {
+        "n_samples": out["n_samples"],
+        "budget_miou_points": budget,
+        "failed": failed,
+        "statuses": {n: e["status"] for n, e in rows.items()},
+        "miou": {n: (e.get("metrics") or {}).get("overall", {}).get("mIoU") for n, e in rows.items()},
+        "drop_points": {
+            n: -100 * e["drop_vs_reference"]["mIoU"]["diff"] for n, e in rows.items() if e.get("drop_vs_reference")
+        },
+    }
+
+
+def _fmt(x: float | None) -> str:
+    return "–" if x is None else f"{x + 0.0:.4f}"  # + 0.0: no "-0.0000"

@@ -1,0 +1,106 @@
+"""ONNX Runtime backend: CPU by default, CUDA / TensorRT execution providers when present. No torch here.
+
+Usage: ``rt = get_runtime("onnxruntime").load("model.onnx", device="CPU", threads=2); rt.infer(feeds)``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline.errors import ArtifactError, RuntimeUnavailable, choice_error
+from runtimes.base import TensorSpec, decode_metadata, prepare_feeds, require, tensor_specs
+
+INSTALL_HINT = "pip install onnxruntime (CPU) or onnxruntime-gpu (CUDA / TensorRT execution providers)"
+# device name -> execution providers in priority order (CPU always last so unsupported nodes still run).
+PROVIDERS = {
+    "CPU": ["CPUExecutionProvider"],
+    "CUDA": ["CUDAExecutionProvider", "CPUExecutionProvider"],
+    "TENSORRT": ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"],
+}
+
+
+class OnnxRuntime:
+    """Runs an exported ``.onnx`` (FP32, FP16 or Q/DQ INT8) with ONNX Runtime."""
+
+    name = "onnxruntime"
+    install_hint = INSTALL_HINT
+
+    def __init__(self) -> None:
+        self.inputs: dict[str, TensorSpec] = {}
+        self.outputs: dict[str, TensorSpec] = {}
+        self.metadata: dict[str, Any] = {}
+        self.artifact: Path | None = None
+        self._session: Any = None
+
+    def is_available(self) -> bool:
+        return importlib.util.find_spec("onnxruntime") is not None
+
+    def load(self, artifact_path: str | Path, device: str = "CPU", threads: int | None = None) -> OnnxRuntime:
+        """Create the inference session and read the artifact's description.
+
+        Args:
+            artifact_path: an ``.onnx`` file written by :mod:`runtimes.export` or :mod:`quantize`.
+            device: ``CPU``, ``CUDA`` or ``TENSORRT`` (execution provider family).
+            threads: intra-op threads (default: ONNX Runtime's choice).
+        """
+        ort = require("onnxruntime", self.name, INSTALL_HINT)
+        path = Path(artifact_path)
+        if not path.is_file():
+            raise ArtifactError(f"ONNX artifact {path} does not exist")
+        key = device.upper()
+        if key not in PROVIDERS:
+            raise choice_error("onnxruntime device", device, PROVIDERS)
+        wanted = PROVIDERS[key]
+        have = set(ort.get_available_providers())
+        if wanted[0] not in have:
+            raise RuntimeUnavailable(
+                f"onnxruntime has no {wanted[0]} here (available: {sorted(have)}); "
+                "install onnxruntime-gpu on a CUDA host"
+            )
+        opts = ort.SessionOptions()
+        if threads:
+            opts.intra_op_num_threads = int(threads)
+            opts.inter_op_num_threads = 1
+        try:
+            self._session = ort.InferenceSession(str(path), opts, providers=[p for p in wanted if p in have])
+        except Exception as exc:  # ORT raises its own exception types (Fail, InvalidGraph, ...)
+            raise ArtifactError(f"onnxruntime cannot load {path}: {exc}") from exc
+        self.artifact = path
+        self.metadata = decode_metadata(dict(self._session.get_modelmeta().custom_metadata_map))
+        if "inputs" in self.metadata:
+            self.inputs = tensor_specs(self.metadata, "inputs", path)
+            self.outputs = tensor_specs(self.metadata, "outputs", path)
+        else:  # a foreign ONNX file: fall back to the graph's own I/O (static shapes only)
+            self.inputs = {i.name: _spec(i) for i in self._session.get_inputs()}
+            self.outputs = {o.name: _spec(o) for o in self._session.get_outputs()}
+        return self
+
+    def infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if self._session is None:
+            raise ArtifactError("onnxruntime runtime: call load() before infer()")
+        prepared = prepare_feeds(feeds, self.inputs, self.artifact)
+        names = list(self.outputs)
+        values = self._session.run(names, prepared)
+        return {
+            n: np.asarray(v, dtype=np.float32) if v.dtype == np.float16 else v
+            for n, v in zip(names, values, strict=True)
+        }
+
+
+_ORT_TYPES = {
+    "tensor(float)": "float32",
+    "tensor(float16)": "float16",
+    "tensor(int32)": "int32",
+    "tensor(int64)": "int64",
+    "tensor(bool)": "bool",
+    "tensor(uint8)": "uint8",
+}
+
+
+def _spec(arg: Any) -> TensorSpec:
+    shape = tuple(d if isinstance(d, int) else -1 for d in arg.shape)
+    return TensorSpec(arg.name, shape, _ORT_TYPES.get(arg.type, "float32"))

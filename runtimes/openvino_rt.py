@@ -1,0 +1,115 @@
+"""OpenVINO backend: runs IR (``.xml`` + ``.bin``) or ONNX on CPU / GPU / NPU. No torch here.
+
+Usage: ``rt = get_runtime("openvino").load("model.xml", device="CPU", threads=2); rt.infer(feeds)``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline.errors import ArtifactError, RuntimeUnavailable
+from runtimes.base import RT_INFO_ROOT, TensorSpec, decode_metadata, prepare_feeds, require, tensor_specs
+
+INSTALL_HINT = "pip install openvino"
+
+
+def read_rt_info(model: Any) -> dict[str, Any]:
+    """The artifact description stored under ``rt_info/s2rm`` of an ``openvino.Model`` (empty when absent)."""
+    if not model.has_rt_info([RT_INFO_ROOT]):
+        return {}
+    raw = model.get_rt_info([RT_INFO_ROOT]).astype(dict)
+    return decode_metadata({k: v.astype(str) if hasattr(v, "astype") else str(v) for k, v in raw.items()})
+
+
+class OpenVINORuntime:
+    """Runs an OpenVINO IR (FP32 or NNCF INT8) compiled for latency.
+
+    Args:
+        inference_precision: OpenVINO's ``INFERENCE_PRECISION_HINT`` for the float parts. ``f32`` by default: on CPUs
+            with BF16 support (AMX / AVX512-BF16) OpenVINO otherwise computes in bf16, which moved the tiny model's
+            logits by ~1e-3 here; pass ``None`` for OpenVINO's own choice (faster there, not FP32 numerics).
+    """
+
+    name = "openvino"
+    install_hint = INSTALL_HINT
+
+    def __init__(self, inference_precision: str | None = "f32") -> None:
+        self.inference_precision = inference_precision
+        self.inputs: dict[str, TensorSpec] = {}
+        self.outputs: dict[str, TensorSpec] = {}
+        self.metadata: dict[str, Any] = {}
+        self.artifact: Path | None = None
+        self._request: Any = None
+
+    def is_available(self) -> bool:
+        return importlib.util.find_spec("openvino") is not None
+
+    def load(self, artifact_path: str | Path, device: str = "CPU", threads: int | None = None) -> OpenVINORuntime:
+        """Read and compile the model.
+
+        Args:
+            artifact_path: ``.xml`` IR (or ``.onnx``) written by this project.
+            device: an OpenVINO device (``CPU``, ``GPU``, ``NPU``, ``AUTO``).
+            threads: inference threads on CPU (default: OpenVINO's choice).
+        """
+        ov = require("openvino", self.name, INSTALL_HINT)
+        path = Path(artifact_path)
+        if not path.is_file():
+            raise ArtifactError(f"OpenVINO artifact {path} does not exist")
+        core = ov.Core()
+        base = device.upper().split(".")[0]
+        if base not in ("AUTO", "HETERO", "MULTI") and base not in {d.split(".")[0] for d in core.available_devices}:
+            raise RuntimeUnavailable(
+                f"OpenVINO device {device!r} is not present here; available: {core.available_devices}"
+            )
+        try:
+            model = core.read_model(str(path))
+        except Exception as exc:  # OpenVINO raises RuntimeError subclasses with the parser's message
+            raise ArtifactError(f"OpenVINO cannot read {path}: {exc}") from exc
+        meta = read_rt_info(model)
+        if not meta and path.suffix == ".onnx":  # an ONNX read directly: its metadata_props are not in rt_info
+            meta = _onnx_metadata(path)
+        config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY"}
+        if self.inference_precision and base in ("CPU", "GPU"):
+            config["INFERENCE_PRECISION_HINT"] = self.inference_precision
+        if threads and base == "CPU":
+            config["INFERENCE_NUM_THREADS"] = int(threads)
+        compiled = core.compile_model(model, device.upper(), config)
+        self._request = compiled.create_infer_request()
+        self.artifact, self.metadata = path, meta
+        if "inputs" in meta:
+            self.inputs = tensor_specs(meta, "inputs", path)
+            self.outputs = tensor_specs(meta, "outputs", path)
+        else:
+            self.inputs = {p.get_any_name(): _spec(p) for p in model.inputs}
+            self.outputs = {p.get_any_name(): _spec(p) for p in model.outputs}
+        return self
+
+    def infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if self._request is None:
+            raise ArtifactError("openvino runtime: call load() before infer()")
+        prepared = prepare_feeds(feeds, self.inputs, self.artifact)
+        results = self._request.infer(prepared)
+        by_name = {}
+        for port, value in results.items():
+            for name in port.get_names():
+                by_name[name] = value
+        return {n: np.array(by_name[n], copy=True) for n in self.outputs}
+
+
+def _spec(port: Any) -> TensorSpec:
+    shape = tuple(d.get_length() if d.is_static else -1 for d in port.get_partial_shape())
+    return TensorSpec(port.get_any_name(), shape, port.get_element_type().to_dtype().name)
+
+
+def _onnx_metadata(path: Path) -> dict[str, Any]:
+    try:
+        import onnx
+    except ImportError:
+        return {}
+    model = onnx.load(str(path), load_external_data=False)
+    return decode_metadata({p.key: p.value for p in model.metadata_props})

@@ -1,0 +1,170 @@
+"""INT8 on the tiny variant: OpenVINO/NNCF and Q/DQ ONNX mechanics, fallback loop, TensorRT compatibility check.
+
+Usage: ``pytest tests/test_quantize.py``. An untrained tiny model's mIoU drop means nothing, so these tests check the
+mechanics (Q/DQ placement, zero points, the compatibility check, exclusions under a tight budget, the figures).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from pipeline.errors import ArtifactError
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::UserWarning", "ignore::FutureWarning")
+
+
+def test_quantize_stage_reports_three_figures_per_artifact(quantized):
+    figs = quantized["quantize"]
+    for name in ("full_int8.xml", "full_int8_qdq.onnx"):
+        entry = figs[name]
+        assert (quantized["root"] / "quantize" / name).is_file()
+        assert np.isfinite(entry["miou_drop_points"]) and entry["size_ratio"] > 0 and entry["speedup"] > 0, name
+        assert set(entry["latency_p50_ms"]) == {"fp32", "int8"}
+    assert figs["full_int8.xml"]["size_ratio"] < 0.6  # INT8 weights (tiny: LayerNorm/bias share is large)
+    assert figs["validation_samples"] >= 3 and figs["calibration_samples"] == quantized["calibrate"]["samples"]
+
+
+def test_qdq_graph_is_symmetric_int8_on_conv_matmul_gemm_only(quantized):
+    from quantize.qdq import QUANT_OPS, head_nodes, quantized_nodes
+    from quantize.trt_compat import zero_points
+
+    entry = quantized["quantize"]["full_int8_qdq.onnx"]
+    path = quantized["root"] / "quantize" / "full_int8_qdq.onnx"
+    qdq = entry["qdq"]
+    assert qdq["quantized_nodes"] > 10 and qdq["quantize_linear"] > 0
+    assert qdq["zero_points_all_zero"] and set(zero_points(path)) == {0}
+    assert set(qdq["dq_consumers"]) <= set(QUANT_OPS)  # LayerNorm, Softmax, residual Add read float tensors
+    head = head_nodes(quantized["root"] / "export" / "full.onnx")
+    assert head and not set(head) & set(quantized_nodes(path))  # the mask head stays float
+    assert entry["trt_compat"]["profile"]["ok"], entry["trt_compat"]["profile"]["errors"][:3]
+    steps = entry["fallback"]["steps"]
+    assert steps[0]["step"] == 0 and "drop_points" in steps[0]
+    from runtimes import get_runtime
+
+    rt = get_runtime("onnxruntime").load(path)
+    assert rt.metadata["precision"] == "int8" and rt.metadata["quantization"]["scheme"].startswith("symmetric")
+
+
+def test_fallback_returns_sensitive_nodes_to_float_under_a_tight_budget(quantized, tmp_path):
+    from quantize.calibration import load_calibration
+    from quantize.qdq import accuracy_fallback, head_nodes, quantized_nodes
+
+    root = quantized["root"]
+    fp32 = root / "export" / "full.onnx"
+    calib = load_calibration(root / "calibrate" / "calib.npz")
+
+    def evaluate(path):  # a stand-in metric: every quantized node costs 0.1 point
+        return 0.9 - 0.001 * len(quantized_nodes(path))
+
+    result = accuracy_fallback(
+        fp32,
+        tmp_path / "q.onnx",
+        calib,
+        evaluate,
+        0.9,
+        budget_points=0.01,
+        target_points=0.01,
+        max_steps=3,
+        always_exclude=head_nodes(fp32),
+        backend="auto",
+    )
+    steps = result.steps
+    assert [s["step"] for s in steps] == [0, 1, 2, 3]
+    assert [len(s["newly_excluded"]) for s in steps] == [0, 1, 1, 2]  # 1, 1, 2, 4, ...
+    assert steps[-1]["quantized_nodes"] == steps[0]["quantized_nodes"] - 4
+    assert all(a["drop_points"] > b["drop_points"] for a, b in zip(steps, steps[1:], strict=False))
+    assert not result.within_budget and result.to_dict()["final_drop_points"] == steps[-1]["drop_points"]
+    remaining = set(quantized_nodes(tmp_path / "q.onnx"))
+    assert not remaining & {n for s in steps for n in s["newly_excluded"]}
+    assert result.ranking[0][1] >= result.ranking[-1][1]
+
+
+def _qdq_graph(zero_point: np.ndarray, extra_op: str | None = None) -> onnx.ModelProto:
+    w = numpy_helper.from_array(np.ones((4, 4), np.float32), "w")
+    scale = numpy_helper.from_array(np.asarray(0.1, np.float32), "s")
+    zp = numpy_helper.from_array(zero_point, "zp")
+    nodes = [
+        helper.make_node("QuantizeLinear", ["x", "s", "zp"], ["xq"], name="q"),
+        helper.make_node("DequantizeLinear", ["xq", "s", "zp"], ["xd"], name="dq"),
+        helper.make_node("MatMul", ["xd", "w"], ["y"], name="mm"),
+    ]
+    if extra_op:
+        nodes.append(helper.make_node(extra_op, ["y"], ["z"], name="odd"))
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("z" if extra_op else "y", TensorProto.FLOAT, [1, 4])],
+        [w, scale, zp],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_trt_compat_names_offending_nodes():
+    from quantize.trt_compat import check_trt_compat, resolve_version
+
+    assert check_trt_compat(_qdq_graph(np.asarray(0, np.int8)), "8.5").ok
+    bad_zp = check_trt_compat(_qdq_graph(np.asarray(3, np.int8)), "10.3")
+    assert not bad_zp.ok and {e["node"] for e in bad_zp.errors} == {"q", "dq"}
+    unsigned = check_trt_compat(_qdq_graph(np.asarray(0, np.uint8)), "10.3")
+    assert any("uint8" in e["reason"] for e in unsigned.errors)
+    odd = check_trt_compat(_qdq_graph(np.asarray(0, np.int8), "Col2Im"), "10.3")
+    assert [e["node"] for e in odd.errors] == ["odd"]
+    with pytest.raises(ArtifactError, match=r"odd \(Col2Im\): not supported"):
+        odd.raise_for_errors()
+    assert resolve_version("10.13") == "10.3" and resolve_version("8.6.2") == "8.6"
+    with pytest.raises(ArtifactError, match="no TensorRT op list"):
+        resolve_version("7.1")
+
+
+def test_int64_inputs_are_refused_for_tensorrt8():
+    from quantize.trt_compat import check_trt_compat
+
+    graph = helper.make_graph(
+        [helper.make_node("Cast", ["ids"], ["y"], to=TensorProto.FLOAT, name="c")],
+        "g",
+        [helper.make_tensor_value_info("ids", TensorProto.INT64, [1, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    assert not check_trt_compat(model, "8.5").ok
+    assert check_trt_compat(model, "10.3").ok
+
+
+def test_unknown_qdq_backend_and_exclusions_are_refused(quantized, tmp_path):
+    from pipeline.errors import ConfigError
+    from quantize.qdq import quantize_qdq_int8, resolve_backend
+
+    with pytest.raises(ConfigError, match="unknown Q/DQ backend 'tensorrt'"):
+        resolve_backend("tensorrt")
+    assert resolve_backend("auto", max_opset=17) == "onnxruntime"  # ModelOpt writes opset >= 19: not for TensorRT 8.x
+    with pytest.raises(ConfigError, match="opset <= 17"):
+        resolve_backend("modelopt", max_opset=17)
+    calib = {"image": np.zeros((1, 3, 64, 64), np.float32)}
+    with pytest.raises(ArtifactError, match="not Conv/MatMul/Gemm nodes"):
+        quantize_qdq_int8(quantized["root"] / "export" / "full.onnx", tmp_path / "x.onnx", calib, exclude=["nope"])
+
+
+@pytest.mark.slow
+def test_openvino_accuracy_control_runs_with_the_miou_validation(quantized, tmp_path):
+    """nncf.quantize_with_accuracy_control with the project's mIoU as validation_fn (slow: NNCF ranks quantizers)."""
+    from pipeline.data.dataset import open_dataset
+    from pipeline.data.tokenize import TextTokenizer
+    from quantize.calibration import load_calibration, score, validation_items
+    from quantize.openvino_int8 import quantize_openvino_int8
+
+    root = quantized["root"]
+    refer = open_dataset(quantized["cfg"], root / "data")
+    items = validation_items(refer, ["val", "testA"], 4, TextTokenizer.from_dir(root / "export" / "tokenizer", 12), 64)
+
+    def validation_fn(compiled, data):
+        return score(lambda f: compiled(f)[0], list(data))
+
+    calib = load_calibration(root / "calibrate" / "calib.npz")
+    path, info = quantize_openvino_int8(
+        root / "export" / "full.xml", tmp_path / "ac.xml", calib, validation=(items, validation_fn), max_drop=0.01
+    )
+    assert path.is_file() and info["accuracy_control"] and info["max_drop"] == 0.01
