@@ -153,8 +153,10 @@ def make_tarball(bundle_dir: Path, tar_path: Path) -> str:
                 recursive=False,
                 filter=normalize,
             )
-    with atomic_path(tar_path) as tmp, open(tmp, "wb") as fh, gzip.GzipFile(fileobj=fh, mode="wb", mtime=0) as gz:
-        gz.write(raw.getvalue())
+    # no file name and a zero time in the gzip header: the same bundle gives the same bytes
+    packed = gzip.compress(raw.getvalue(), mtime=0)
+    with atomic_path(tar_path) as tmp:
+        tmp.write_bytes(packed)
     digest = hashlib.sha256(tar_path.read_bytes()).hexdigest()
     tar_path.with_name(tar_path.name + ".sha256").write_text(f"{digest}  {tar_path.name}\n")
     return digest

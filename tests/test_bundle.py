@@ -214,3 +214,15 @@ def test_predict_cli_writes_mask_and_overlay(quantized, tmp_path):
         text=True,
     )
     assert bad.returncode == 2 and "unknown artifact type '.tflite'" in bad.stderr and ".onnx" in bad.stderr
+
+
+def test_tarball_is_reproducible(tmp_path):
+    from pipeline.bundle import make_tarball
+
+    folder = tmp_path / "bundle"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "sub" / "a.txt").write_text("a")
+    (folder / "run.py").write_text("print(1)")
+    first = make_tarball(folder, tmp_path / "one.tar.gz")
+    (folder / "sub" / "a.txt").touch()  # a newer mtime must not change the bytes
+    assert make_tarball(folder, tmp_path / "two.tar.gz") == first
