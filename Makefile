@@ -5,6 +5,7 @@ PYTHON3 ?= python3
 VENV ?= $(shell $(PYTHON3) tools/ensure_venv.py --print-path)
 PY := $(VENV)/bin/python
 CONFIG ?= configs/demo.yaml
+DEVICE ?= x86-cpu
 RUN_ARGS ?=
 PYTEST_ARGS ?=
 export PYTHONPATH := $(CURDIR)
@@ -30,11 +31,11 @@ demo: setup  ## the whole pipeline on the embedded default: x86 artifacts + repo
 	@echo "Jetson bundle: runs/demo/devices/jetson-orin-nano/bundle/bundle.tar.gz"
 	@sed -n '1,40p' runs/demo/devices/x86-cpu/report/report.md 2>/dev/null || true
 
-bench: setup  ## latency benchmarks of every artifact of the demo run (stage bench, x86-cpu)
-	$(PY) -m pipeline run --config $(CONFIG) --device x86-cpu --stages bench $(RUN_ARGS)
+bench: setup  ## latency of every artifact (interleaved p50/p90/p99, split graph, peak RSS): make bench DEVICE=x86-cpu
+	$(PY) -m pipeline run --config $(CONFIG) --device "$(DEVICE)" --stages bench $(RUN_ARGS)
 
-report: setup  ## accuracy-vs-latency report of the demo run (report.md / .html / .json / plot)
-	$(PY) -m pipeline run --config $(CONFIG) --device x86-cpu --stages report $(RUN_ARGS)
+report: setup  ## validate + bench + report.md/.html/.json + Pareto plot, then the INT8 gate (exit 2 if over budget)
+	$(PY) -m pipeline run --config $(CONFIG) --device "$(DEVICE)" --stages report,gate $(RUN_ARGS)
 
 test: setup  ## fast test suite (slow tests excluded)
 	$(PY) -m pytest -q $(PYTEST_ARGS)

@@ -512,7 +512,8 @@ def _target_lines(rep: dict[str, Any]) -> list[str]:
         f"({sp['artifact'] or '–'}); target ≥ {SPEEDUP_TARGET}×: {yes[sp['met']]}",
         f"- cost per extra expression on an encoded frame: "
         f"{_f(None if ex['value'] is None else ex['value'] * 100, '.0f', '%')} of a full forward "
-        f"({ex['artifact'] or '–'}); target ≤ {EXPRESSION_TARGET:.0%}: {yes[ex['met']]}",
+        f"({ex['artifact'] or '–'}, variant {rep.get('context', {}).get('variant', '?')}; the target is set for the "
+        f"edge variant); target ≤ {EXPRESSION_TARGET:.0%}: {yes[ex['met']]}",
     ]
     for d in t["int8_drop"]:
         lines.append(

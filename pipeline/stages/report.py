@@ -72,6 +72,7 @@ def run_report(ctx: StageContext) -> dict[str, Any]:
         "run": cfg.run.name,
         "device": cfg.device.name,
         "device_description": cfg.device.description,
+        "variant": cfg.model.variant,
         "config_digest": cfg.digest(["model", "quant", "device", "bench", "validate"])[:16],
         "commands": [c.format(config=config, device=cfg.device.name, html=final / "report.html") for c in COMMANDS],
     }
