@@ -24,12 +24,13 @@ setup:  ## create or refresh the project's virtual environment (idempotent; ~2 m
 venv-path:  ## print the venv path
 	@echo $(VENV)
 
-demo: setup  ## the whole pipeline on the embedded default: x86 artifacts + report, then the Jetson bundle
-	$(PY) -m pipeline run --config $(CONFIG) --device x86-cpu $(RUN_ARGS)
+demo: setup  ## the whole pipeline on the embedded default: x86 artifacts + report, the Jetson bundle, then the gate
+	$(PY) -m pipeline run --config $(CONFIG) --device x86-cpu --stages report,bundle $(RUN_ARGS)
 	$(PY) -m pipeline run --config $(CONFIG) --device jetson-orin-nano --stages bundle $(RUN_ARGS)
 	@echo "report: runs/demo/devices/x86-cpu/report/report.html (and report.md)"
 	@echo "Jetson bundle: runs/demo/devices/jetson-orin-nano/bundle/bundle.tar.gz"
 	@sed -n '1,40p' runs/demo/devices/x86-cpu/report/report.md 2>/dev/null || true
+	$(PY) -m pipeline run --config $(CONFIG) --device x86-cpu --stages gate $(RUN_ARGS)
 
 bench: setup  ## latency of every artifact (interleaved p50/p90/p99, split graph, peak RSS): make bench DEVICE=x86-cpu
 	$(PY) -m pipeline run --config $(CONFIG) --device "$(DEVICE)" --stages bench $(RUN_ARGS)
