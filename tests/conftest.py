@@ -26,3 +26,14 @@ def quantized(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     figures = run_quantize(make_ctx(run["cfg"], "quantize", run["root"], ("data", "export", "calibrate")))
     marker.write_text(json.dumps(figures, default=str))
     return {**run, "quantize": figures}
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One intra-op thread: on a CPU shared with other jobs, two spinning OpenMP threads ran model tests ~10x slower."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

@@ -25,12 +25,8 @@ _CACHE: dict[str, RISModel] = {}
 
 
 @pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: on a CPU shared with other jobs, two spinning OpenMP threads ran these tests ~10x slower."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+def _one_thread(one_torch_thread):
+    """Every test of this module runs with one torch thread (see tests/conftest.py)."""
 
 
 def built(name: str) -> RISModel:
