@@ -13,7 +13,9 @@ export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 DEVICES := $(sort $(basename $(notdir $(wildcard configs/devices/*.yaml))))
 
-.PHONY: help setup venv-path demo bench report test test-all lint status clean-runs stages devices $(DEVICES)
+ABLATION_ARGS ?=
+
+.PHONY: help setup venv-path demo bench report ablations test test-all lint status clean-runs stages devices $(DEVICES)
 
 help:  ## list targets
 	@grep -E '^[a-zA-Z0-9_.-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-20s %s\n", $$1, $$2}'
@@ -37,6 +39,9 @@ bench: setup  ## latency of every artifact (interleaved p50/p90/p99, split graph
 
 report: setup  ## validate + bench + report.md/.html/.json + Pareto plot, then the INT8 gate (exit 2 if over budget)
 	$(PY) -m pipeline run --config $(CONFIG) --device "$(DEVICE)" --stages report,gate $(RUN_ARGS)
+
+ablations: setup  ## train the model and its 3 ablations (2 seeds, same budget) -> runs/ablations/ablations.md
+	$(PY) -m benchmarks.ablations --config $(CONFIG) --seeds 0 1 $(ABLATION_ARGS)
 
 test: setup  ## fast test suite (slow tests excluded)
 	$(PY) -m pytest -q $(PYTEST_ARGS)

@@ -22,7 +22,7 @@ from model import ModelError, closest
 STRIDES = (4, 8, 16, 32)
 # additive bias of padded words; finite (not -inf, not finfo.min) so fp16, ONNX and INT8 graphs stay NaN-free
 MASK_BIAS = -1.0e4
-SENTENCE_POOLS = ("mean", "cls")
+SENTENCE_POOLS = ("mean", "cls", "attention")
 
 
 def build_timm_features(name: str, img_size: int, **kwargs: Any) -> nn.Module:
@@ -120,7 +120,10 @@ class TextEncoder(nn.Module):
 
     Args:
         config: the architecture; weights are random until :func:`model.weights.load_text_weights`.
-        pool: ``mean`` (masked mean over real tokens) or ``cls`` (first token).
+        pool: ``mean`` (masked mean over real tokens), ``cls`` (first token) or ``attention`` (a learned score per
+            word, softmax over the real tokens; initialised to the masked mean). A mean-pooled sentence encoder
+            blurs the words a referring expression turns on: for all-MiniLM-L6-v2 "the square on the left" and
+            "... on the right" have cosine similarity 0.98, while their word features differ.
         attn_implementation: Hugging Face attention kernel, ``eager`` or ``sdpa``.
     """
 
@@ -133,6 +136,10 @@ class TextEncoder(nn.Module):
         if getattr(self.body, "pooler", None) is not None:
             self.body.pooler = None  # unused; a parameter without a gradient would only confuse the optimizer
         self.channels = int(config.hidden_size)
+        if pool == "attention":
+            self.pool_score = nn.Linear(self.channels, 1)
+            nn.init.zeros_(self.pool_score.weight)
+            nn.init.zeros_(self.pool_score.bias)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Encode tokens [B,N] (int64) into words [B,N,Cl] and a sentence embedding [B,Cl]."""
@@ -143,6 +150,9 @@ class TextEncoder(nn.Module):
         words = self.body(input_ids=input_ids, attention_mask=bias).last_hidden_state  # B, N, Cl
         if self.pool == "cls":
             return words, words[:, 0]
+        if self.pool == "attention":
+            scores = self.pool_score(words).squeeze(-1) + (1.0 - attention_mask.to(words.dtype)) * MASK_BIAS  # B, N
+            return words, (torch.softmax(scores, dim=1).unsqueeze(-1) * words).sum(1)
         m = attention_mask.to(words.dtype).unsqueeze(-1)  # B, N, 1
         sentence = (words * m).sum(1) / m.sum(1).clamp(min=1.0)  # B, Cl
         return words, sentence

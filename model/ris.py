@@ -60,6 +60,7 @@ class ModelSpec:
     share_step_weights: bool = False
     balancing: bool = True
     balance_reduction: int = 4
+    coord_features: bool = False  # x/y coordinate channels in S²RM's language distribution (not in the seed)
     casg_attention: bool = True
     decoder_dim: int = 256
     guide_merge: str = "concat"
@@ -151,6 +152,7 @@ class RISModel(nn.Module):
             share_step_weights=spec.share_step_weights,
             balancing=spec.balancing,
             balance_reduction=spec.balance_reduction,
+            coord_features=spec.coord_features,
         )
         self.decoder = CASGDecoder(
             self.vision.channels,

@@ -56,6 +56,13 @@ def shift_schedule(length: int, steps: int, signs: Sequence[int] = (1, -1)) -> t
     return tuple(sign * s for sign in signs for s in strides)
 
 
+def coordinate_map(h: int, w: int) -> torch.Tensor:
+    """Normalised pixel-centre coordinates [1,2,h,w]: x then y, each in (-1, 1), left/top negative."""
+    ys = (torch.arange(h, dtype=torch.float32) + 0.5) / h * 2 - 1
+    xs = (torch.arange(w, dtype=torch.float32) + 0.5) / w * 2 - 1
+    return torch.stack([xs[None, :].expand(h, w), ys[:, None].expand(h, w)], 0)[None]
+
+
 def coparse_step(parsed: torch.Tensor, generator: torch.Tensor, shift: int, dim: int, block: nn.Module) -> torch.Tensor:
     """One recurrent update ``P + block(P ⊙ roll(G, shift, dim))``.
 
@@ -122,11 +129,26 @@ class DistributeLanguage(nn.Module):
         lang_channels: Cl of the words and the sentence embedding.
         dim: common width d.
         norm: normalisation of the visual projection.
+        coord_size: (h, w) to append normalised x/y coordinate channels to V before its projection (a constant
+            buffer in the exported graph), so words such as "left" or "top" can select positions; None: no coordinates.
     """
 
-    def __init__(self, vis_channels: int, lang_channels: int, dim: int, norm: str = "batch") -> None:
+    def __init__(
+        self,
+        vis_channels: int,
+        lang_channels: int,
+        dim: int,
+        norm: str = "batch",
+        coord_size: tuple[int, int] | None = None,
+    ) -> None:
         super().__init__()
-        self.vis_proj = nn.Sequential(nn.Conv2d(vis_channels, dim, 1, bias=norm == "none"), make_norm(norm, dim))
+        self.coords: torch.Tensor | None
+        if coord_size is None:
+            self.coords = None
+        else:
+            self.register_buffer("coords", coordinate_map(*coord_size), persistent=False)
+        in_ch = vis_channels + (0 if coord_size is None else 2)
+        self.vis_proj = nn.Sequential(nn.Conv2d(in_ch, dim, 1, bias=norm == "none"), make_norm(norm, dim))
         self.sent_proj = nn.Linear(lang_channels, dim)
         self.key_proj = nn.Linear(lang_channels, dim)
         self.value_proj = nn.Linear(lang_channels, dim)
@@ -137,6 +159,8 @@ class DistributeLanguage(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Return (projected visual map, distributed language map), both [B,d,h,w]."""
         b, _, h, w = vis.shape
+        if self.coords is not None:
+            vis = torch.cat([vis, self.coords.expand(b, -1, -1, -1)], 1)  # B, C+2, h, w
         v = self.vis_proj(vis)  # B, d, h, w
         query = v * self.sent_proj(sentence)[:, :, None, None]  # B, d, h, w
         query = query.flatten(2).transpose(1, 2)  # B, hw, d
@@ -196,6 +220,8 @@ class S2RMBlock(nn.Module):
         share_step_weights: one axis conv per map instead of one per step.
         balancing: parsed-semantic balancing on (False = plain sum).
         balance_reduction: reduction of the balancing MLP.
+        coord_features: append x/y coordinate channels to V in the language distribution (see
+            :class:`DistributeLanguage`).
     """
 
     def __init__(
@@ -211,11 +237,13 @@ class S2RMBlock(nn.Module):
         share_step_weights: bool = False,
         balancing: bool = True,
         balance_reduction: int = 4,
+        coord_features: bool = False,
     ) -> None:
         super().__init__()
         self.feat_size = tuple(feat_size)
         h, w = self.feat_size
-        self.distribute = DistributeLanguage(vis_channels, lang_channels, dim, norm)
+        coord_size = (h, w) if coord_features else None
+        self.distribute = DistributeLanguage(vis_channels, lang_channels, dim, norm, coord_size)
         opts = {"steps": shift_steps, "signs": shift_signs, "kernel": kernel, "norm": norm}
         opts["share_weights"] = share_step_weights
         self.rows_l2v = AxisCoparser(dim, "row", h, **opts)

@@ -136,7 +136,7 @@ RUNTIME_BY_SUFFIX = {
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from pipeline.data.refer import decode_image
+    from pipeline.data.transforms import read_image
     from pipeline.errors import ArtifactError, choice_error
     from runtimes import get_runtime
     from runtimes.processing import Processing
@@ -148,13 +148,14 @@ def cmd_predict(args: argparse.Namespace) -> int:
         raise choice_error("artifact type", suffix or args.artifact.name, RUNTIME_BY_SUFFIX, ArtifactError)
     if not args.artifact.is_file():
         raise ArtifactError(f"artifact {args.artifact} does not exist")
+    rgb = read_image(args.image)  # before the (slower) model load: a bad image fails fast
     rt = get_runtime(name).load(args.artifact, threads=args.threads)
     proc = Processing.from_metadata(rt.metadata)
-    rgb = decode_image(args.image, args.image.name)
+    texts = proc.checked_texts(args.text)  # every sentence is checked before anything is written
     image_inputs = proc.image(rgb)
     args.out.mkdir(parents=True, exist_ok=True)
-    for i, sentence in enumerate(args.text):
-        mask = proc.postprocess(rt.infer({**image_inputs, **proc.text(sentence)})["mask_logits"][0], rgb.shape[:2])
+    for i, (sentence, text_inputs) in enumerate(zip(args.text, texts, strict=True)):
+        mask = proc.postprocess(rt.infer({**image_inputs, **text_inputs})["mask_logits"][0], rgb.shape[:2])
         stem = args.image.stem if len(args.text) == 1 else f"{args.image.stem}_{i}"
         save_mask_and_overlay(rgb, mask, args.out / f"{stem}_mask.png", args.out / f"{stem}_overlay.png")
         print(f"{sentence!r}: {int(mask.sum())} px ({mask.mean():.1%} of the image) -> {args.out / stem}_mask.png")

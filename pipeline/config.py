@@ -12,15 +12,26 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
 from pipeline.errors import ConfigError, closest
 
 SPLITS = ("train", "val", "test", "testA", "testB", "testC")
+
+
+def _not_blank(value: Any) -> Any:
+    if isinstance(value, str) and not value.strip():
+        raise ValueError("an empty path; leave the key out (or set it to null) for the default")
+    return value
+
+
+# A path from the user: "" is refused (it would silently mean the current folder) and "~" is expanded.
+UserPath = Annotated[Path, BeforeValidator(_not_blank), AfterValidator(Path.expanduser)]
 
 
 class Section(BaseModel):
@@ -29,7 +40,7 @@ class Section(BaseModel):
 
 class RunConfig(Section):
     name: str = Field("demo", pattern=r"^[A-Za-z0-9_.-]+$", description="run folder name under root")
-    root: Path = Path("runs")
+    root: UserPath = Path("runs")
     seed: int = Field(0, ge=0)
 
 
@@ -65,8 +76,10 @@ class SynRefConfig(Section):
 
 class DataConfig(Section):
     dataset: Literal["synref", "refcoco", "refcoco+", "refcocog", "refclef"] = "synref"
-    root: Path | None = Field(None, description="REFER data root (the folder holding refcoco/ etc.); synref: unused")
-    images: Path | None = Field(None, description="images folder; default: the REFER convention under root")
+    root: UserPath | None = Field(
+        None, description="REFER data root (the folder holding refcoco/ etc.); synref: unused"
+    )
+    images: UserPath | None = Field(None, description="images folder; default: the REFER convention under root")
     split_by: Literal["unc", "google", "umd", "berkeley"] = "unc"
     seed: int = Field(0, ge=0)
     synref: SynRefConfig = Field(default_factory=SynRefConfig)
@@ -87,13 +100,13 @@ class ModelConfig(Section):
     variant: str = "demo"
     img_size: int | None = Field(None, ge=32, le=2048, description="square input side; default: the variant's")
     max_tokens: int = Field(20, ge=4, le=512)
-    text_dir: Path | None = Field(None, description="HF directory of the text encoder and tokenizer")
-    vision_checkpoint: Path | None = Field(None, description="timm checkpoint file for the vision encoder")
+    text_dir: UserPath | None = Field(None, description="HF directory of the text encoder and tokenizer")
+    vision_checkpoint: UserPath | None = Field(None, description="timm checkpoint file for the vision encoder")
     allow_download: bool = Field(False, description="let timm/HF download weights from the hub (needs internet)")
     shift_steps: int | None = Field(None, ge=0, le=8, description="K of recurrent coparsing; 0 = no cyclic shifts")
     balancing: bool | None = None
     casg_attention: bool | None = None
-    sentence_pool: Literal["mean", "cls"] | None = None
+    sentence_pool: Literal["mean", "cls", "attention"] | None = None
     threshold: float = Field(0.5, gt=0.0, lt=1.0, description="sigmoid threshold of the mask")
 
 
@@ -104,6 +117,9 @@ class TrainConfig(Section):
     steps: int = Field(1500, ge=1, description="optimizer steps (ignored when epochs is set)")
     epochs: int | None = Field(None, ge=1, description="passes over the train split; overrides steps when set")
     batch_size: int = Field(8, ge=1, description="global batch, split evenly across torchrun processes")
+    expressions_per_image: int = Field(
+        1, ge=1, le=32, description="samples of one image per batch (k): the image is encoded once for k expressions"
+    )
     lr: float = Field(5e-5, gt=0, description="peak lr of the new layers (fusion, decoder, scratch encoders)")
     encoder_lr: float | None = Field(None, gt=0, description="lr of pretrained encoders; default: lr")
     weight_decay: float = Field(1e-2, ge=0, description="AdamW decay; never on norms, biases, position tables")
@@ -135,8 +151,10 @@ class DistillConfig(Section):
     enabled: bool = False
     student: str = Field("edge", description="student model variant")
     student_img_size: int | None = Field(None, ge=32, le=2048, description="default: the student variant's")
-    student_vision_checkpoint: Path | None = Field(None, description="timm checkpoint of a pretrained student")
-    teacher_checkpoint: Path | None = Field(None, description="teacher .safetensors; default: the train stage's best")
+    student_vision_checkpoint: UserPath | None = Field(None, description="timm checkpoint of a pretrained student")
+    teacher_checkpoint: UserPath | None = Field(
+        None, description="teacher .safetensors; default: the train stage's best"
+    )
     steps: int = Field(1000, ge=1)
     lr: float | None = Field(None, gt=0, description="default: train.lr")
     temperature: float = Field(2.0, gt=0, description="softens both sigmoids of the logit distillation")
@@ -358,9 +376,48 @@ def _explain(exc: ValidationError, tree: dict[str, Any]) -> ConfigError:
 
 def build_config(tree: dict[str, Any]) -> Config:
     try:
-        return Config.model_validate(tree)
+        cfg = Config.model_validate(tree)
     except ValidationError as exc:
         raise _explain(exc, tree) from None
+    check_input_paths(cfg)
+    return cfg
+
+
+# Paths the pipeline reads: (key, "dir" or "file", what it should be, whether the config uses it). Relative paths
+# are relative to the working folder, as everywhere on the command line.
+INPUT_PATHS: tuple[tuple[str, str, str, Callable[[Config], bool]], ...] = (
+    ("data.root", "dir", "the REFER data root holding refcoco/ etc.", lambda c: c.data.dataset != "synref"),
+    ("data.images", "dir", "the folder of the data set's images", lambda c: c.data.dataset != "synref"),
+    ("model.text_dir", "dir", "a Hugging Face model folder with tokenizer.json", lambda c: True),
+    ("model.vision_checkpoint", "file", "a timm checkpoint", lambda c: True),
+    ("distill.student_vision_checkpoint", "file", "a timm checkpoint", lambda c: c.distill.enabled),
+    ("distill.teacher_checkpoint", "file", "<prefix>.safetensors of a checkpoint", lambda c: c.distill.enabled),
+)
+
+
+def check_input_paths(cfg: Config) -> None:
+    """Refuse a configured input path that does not exist or is of the wrong kind, naming the key and where it
+    resolves to (a missing data set or checkpoint should fail here, not an hour into a run).
+
+    Raises:
+        ConfigError: the first path that is missing, or a file where a directory is expected (or the reverse).
+    """
+    for key, kind, what, used in INPUT_PATHS:
+        section, name = key.split(".")
+        value = getattr(getattr(cfg, section), name)
+        if value is None or not used(cfg):
+            continue
+        path = value.with_suffix(".safetensors") if key == "distill.teacher_checkpoint" else value
+        try:
+            if path.is_dir() if kind == "dir" else path.is_file():
+                continue
+            state = ("is not a directory" if kind == "dir" else "is not a file") if path.exists() else "does not exist"
+        except OSError as exc:  # e.g. a name too long for the filesystem
+            state = f"cannot be read ({exc.strerror})"
+        raise ConfigError(
+            f"config key {key!r} = {str(value)[:200]!r}: {str(path.absolute())[:200]} {state}; "
+            f"expected {'a directory' if kind == 'dir' else 'a file'}: {what}"
+        )
 
 
 DEVICES_DIR = Path(__file__).resolve().parent.parent / "configs" / "devices"

@@ -71,6 +71,16 @@ def _diff(old: Any, new: Any, prefix: str = "") -> list[str]:
     return [] if old == new else [f"{prefix}: {old!r} -> {new!r}"]
 
 
+def _drop_temporaries(folder: Path) -> None:
+    """Remove the ``*.tmp`` files and folders a killed attempt left: never complete, so never outputs."""
+    for path in sorted(folder.rglob("*.tmp"), reverse=True):  # deepest first
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
+        log.info("removed %s, left unfinished by the interrupted attempt", path)
+
+
 @dataclass
 class Status:
     stage: str
@@ -174,12 +184,17 @@ class Runner:
         plan = order(names)
         outcomes = []
         with self._lock():
+            for stale in self.run_dir.glob(".*.tmp"):  # temporaries of a process killed mid-write (we hold the lock)
+                stale.unlink(missing_ok=True)
             save_config(self.cfg, self.run_dir / "config.yaml")
             for name in plan:
                 outcomes.append(self._run_one(get_stage(name), force=force and name in (names or plan)))
         return outcomes
 
     def _run_one(self, st: Stage, force: bool) -> Status:
+        old = self._aux_dir(st.name, "old")
+        if old.exists() and self.stage_dir(st.name).exists():  # a finalize interrupted after its last rename
+            shutil.rmtree(old)
         status = self.status(st.name)
         if status.state == "disabled":
             log.info("stage %-9s disabled (%s)", st.name, status.reason)
@@ -211,8 +226,14 @@ class Runner:
         except Exception as exc:
             raise StageError(f"stage {st.name!r} failed: {type(exc).__name__}: {exc}") from exc
         finished = time.time()
-        (work / KEY_FILE).unlink(missing_ok=True)
-        self._finalize(st, work, parts, key, figures, started, finished)
+        try:
+            (work / KEY_FILE).unlink(missing_ok=True)
+            self._finalize(st, work, parts, key, figures, started, finished)
+        except OSError as exc:  # a full disk or a lost mount: the manifest is not in place, so nothing counts as done
+            raise StageError(
+                f"stage {st.name!r} could not write its outputs to {self.stage_dir(st.name).parent}: {exc}; "
+                "the stage is not marked done: free space (or fix the folder) and rerun"
+            ) from exc
         log.info("stage %-9s done in %.1f s -> %s", st.name, finished - started, self.stage_dir(st.name))
         return Status(st.name, "ran", f"{finished - started:.1f} s")
 
@@ -223,6 +244,7 @@ class Runner:
             with contextlib.suppress(OSError, json.JSONDecodeError):
                 if json.loads(key_file.read_text()).get("key") == key:
                     log.info("stage %-9s resuming the interrupted attempt in %s", st.name, work)
+                    _drop_temporaries(work)
                     return True
         if work.exists():
             log.info("stage %-9s discarding the unfinished attempt in %s", st.name, work)
@@ -269,6 +291,42 @@ class Runner:
         fsync_dir(final.parent)
         if old.exists():
             shutil.rmtree(old)
+
+    def adopt(self, name: str, source_run: str | Path) -> bool:
+        """Take a done stage from another run folder when its cache key equals this run's key for that stage.
+
+        The source's files are checked against their manifest hashes, then copied (not linked: each run folder stays
+        independent) into a work folder that is renamed into place, so several runs that share, say, one data set
+        generate it once. Returns True when the stage was adopted; False when it is already done here or the source
+        does not match (the stage then runs as usual).
+        """
+        st = get_stage(name)
+        if self.status(name).state == "done":
+            return False
+        source = Path(source_run).resolve() / self.stage_dir(name).relative_to(self.run_dir)
+        man_path = source / MANIFEST
+        if not man_path.is_file():
+            return False
+        man = json.loads(man_path.read_text())
+        if man.get("key") != _digest(self.key_parts(st)):
+            return False
+        for rel, info in man.get("files", {}).items():
+            if sha256_file(source / rel) != info["sha256"]:
+                raise StageError(f"cannot adopt stage {name!r} from {source}: {rel} does not match its manifest hash")
+
+        with self._lock():
+            work = self._aux_dir(name, "adopt")
+            if work.exists():
+                shutil.rmtree(work)
+            shutil.copytree(source, work)
+            final = self.stage_dir(name)
+            if final.exists():
+                shutil.rmtree(final)
+            final.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(work, final)
+            fsync_dir(final.parent)
+        log.info("stage %-9s adopted from %s", name, source)
+        return True
 
     def clean(self, names: list[str] | None = None) -> list[Path]:
         """Remove the named stages' outputs (all stages and the run folder's leftovers when None)."""

@@ -96,7 +96,7 @@ class SegObjective(nn.Module):
         self.dice_weight, self.bce_weight = dice_weight, bce_weight
 
     def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        logits = self.model(batch["image"], batch["input_ids"], batch["attention_mask"])  # B, 1, S/4, S/4
+        logits = tu.forward_shared_images(self.model, batch)  # B, 1, S/4, S/4
         return tu.seg_loss(logits, batch["mask"], self.dice_weight, self.bce_weight)
 
     def extra_tensors(self) -> dict[str, torch.Tensor]:
@@ -206,7 +206,7 @@ def fit(cfg: Config, data_dir: Path, out: Path, teacher: Path | None = None) -> 
     model, pretrained = build_model(cfg.model)
     tu.set_dropout(model, tc.dropout, tc.drop_path)
     if tc.freeze_text:
-        model.text.requires_grad_(False)
+        model.text.body.requires_grad_(False)  # the pretrained encoder; a learned sentence pooling still trains
     spec = model.spec
     tokenizer = TextTokenizer.from_dir(spec.text_dir, spec.max_tokens)
     refer = open_dataset(cfg, data_dir)
@@ -223,7 +223,10 @@ def fit(cfg: Config, data_dir: Path, out: Path, teacher: Path | None = None) -> 
         tu.sync_batchnorm(objective.model, dist.device)  # statistics of the global batch, as in one process
 
     # ---- data order, optimizer, schedule
-    sampler = tu.EpochSampler(len(train_set), tc.batch_size, tc.seed, dist.rank, dist.world)
+    groups = tu.image_groups([s.image_id for s in train_set.samples])
+    sampler = tu.EpochSampler(
+        len(train_set), tc.batch_size, tc.seed, dist.rank, dist.world, groups, tc.expressions_per_image
+    )
     total = tc.epochs * sampler.batches_per_epoch if tc.epochs else tc.steps
     groups = tu.param_groups(
         objective, lr=tc.lr, encoder_lr=tc.encoder_lr or tc.lr, weight_decay=tc.weight_decay, pretrained=pretrained

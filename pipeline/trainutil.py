@@ -12,7 +12,7 @@ import contextlib
 import logging
 import os
 import random
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -141,13 +141,36 @@ class EpochSampler(Sampler[int]):
     samples, so a DDP step sees exactly the samples of the matching single-process step. A trailing partial batch is
     dropped. :meth:`start_at` positions the sampler at any optimizer step, which is how a resumed run skips the
     batches it already consumed.
+
+    With ``groups`` (the sample indices of each image) and ``per_group = k > 1`` the order is made of runs of ``k``
+    samples of one image (an image with fewer than ``k`` left fills its last run by drawing again from its own
+    samples), so the training step encodes each image once for ``k`` expressions: ``k`` times fewer image encodings
+    per sample, and the model sees several targets on the same picture, which only the language tells apart.
     """
 
-    def __init__(self, size: int, global_batch: int, seed: int, rank: int = 0, world: int = 1) -> None:
+    def __init__(
+        self,
+        size: int,
+        global_batch: int,
+        seed: int,
+        rank: int = 0,
+        world: int = 1,
+        groups: Sequence[Sequence[int]] | None = None,
+        per_group: int = 1,
+    ) -> None:
         if global_batch % world:
             raise ConfigError(
                 f"train.batch_size={global_batch} is not divisible by the {world} processes; use a multiple of {world}"
             )
+        if per_group < 1 or (global_batch // world) % per_group:
+            raise ConfigError(
+                f"train.expressions_per_image={per_group} must divide the per-process batch "
+                f"{global_batch // world} (train.batch_size={global_batch} over {world} process(es))"
+            )
+        self.per_group = per_group
+        self.groups = [list(g) for g in groups] if groups is not None and per_group > 1 else None
+        if self.groups is not None:
+            size = per_group * sum(-(-len(g) // per_group) for g in self.groups if g)
         if size < global_batch:
             raise DataError(f"the train split has {size} samples, fewer than train.batch_size={global_batch}")
         self.size, self.global_batch, self.seed, self.rank, self.world = size, global_batch, seed, rank, world
@@ -156,8 +179,19 @@ class EpochSampler(Sampler[int]):
         self.epoch, self.first_batch = 0, 0
 
     def order(self, epoch: int) -> np.ndarray:
-        """The permutation of sample indices of ``epoch``."""
-        return np.random.default_rng([self.seed, epoch]).permutation(self.size)
+        """The sample indices of ``epoch``, in order (a permutation, or runs of ``per_group`` of one image)."""
+        rng = np.random.default_rng([self.seed, epoch])
+        if self.groups is None:
+            return rng.permutation(self.size)
+        k, runs = self.per_group, []
+        for members in self.groups:
+            if not members:
+                continue
+            picks = rng.permutation(members).tolist()
+            short = -len(picks) % k
+            picks += rng.choice(members, size=short).tolist() if short else []
+            runs += [picks[i : i + k] for i in range(0, len(picks), k)]
+        return np.asarray([i for r in rng.permutation(len(runs)) for i in runs[r]], dtype=np.int64)
 
     def global_batch_indices(self, step: int) -> list[int]:
         """Dataset indices of the whole global batch of optimizer step ``step`` (0-based)."""
@@ -338,6 +372,38 @@ def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.Abst
 
 
 # --------------------------------------------------------------------------------------------------------- loss
+
+
+def image_groups(image_ids: Sequence[Any]) -> list[list[int]]:
+    """Sample indices grouped by image, in order of first appearance (the ``groups`` of :class:`EpochSampler`)."""
+    groups: dict[Any, list[int]] = {}
+    for index, image_id in enumerate(image_ids):
+        groups.setdefault(image_id, []).append(index)
+    return list(groups.values())
+
+
+def forward_shared_images(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Mask logits of a batch, encoding each distinct image once (``batch["image_key"]`` names the image).
+
+    Samples of one image (see ``EpochSampler(per_group=k)``) share the image encoder's output; the text encoder, the
+    fusion and the decoder run per sample. Without repeats this is exactly ``model(image, input_ids, attention_mask)``.
+    """
+    keys = batch.get("image_key")
+    if keys is None or len(set(keys.tolist())) == len(keys):
+        return model(batch["image"], batch["input_ids"], batch["attention_mask"])
+    position: dict[int, int] = {}  # image key -> its row among the distinct images
+    firsts: list[int] = []  # batch index of each distinct image's first sample
+    for i, key in enumerate(keys.tolist()):
+        if key not in position:
+            position[key] = len(firsts)
+            firsts.append(i)
+    inverse = [position[key] for key in keys.tolist()]
+    take = torch.tensor(firsts, device=batch["image"].device)
+    feats = model.encode_image(batch["image"][take])
+    index = torch.tensor(inverse, device=batch["image"].device)
+    feats = tuple(f.index_select(0, index) for f in feats)
+    words, sentence = model.encode_text(batch["input_ids"], batch["attention_mask"])
+    return model.decode(*feats, words, sentence, batch["attention_mask"])
 
 
 def dice_loss(logits: torch.Tensor, target: torch.Tensor, smooth: float = 1.0) -> torch.Tensor:

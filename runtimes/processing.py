@@ -12,6 +12,7 @@ robot all process inputs the same way. Numpy, PIL and tokenizers only: no torch.
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -133,6 +134,34 @@ class Processing:
     def text(self, sentences: str | Sequence[str]) -> dict[str, np.ndarray]:
         """``input_ids`` and ``attention_mask``, int64 ``[B, N]``, right-padded to the artifact's token length."""
         return self.tokenizer(sentences)
+
+    def text_with_note(self, sentence: str) -> tuple[dict[str, np.ndarray], str | None]:
+        """:meth:`text` of one sentence, and a note for the user when it had to be cut to the token length.
+
+        Raises:
+            DataError: the sentence is empty or only whitespace and control characters.
+        """
+        inputs = self.text(sentence)
+        if not self.tokenizer.last_truncated[0]:
+            return inputs, None
+        return inputs, (
+            f"expression {sentence[:60]!r}{'...' if len(sentence) > 60 else ''} is longer than the model's "
+            f"{self.max_tokens} tokens; it was truncated to its first {self.max_tokens} tokens"
+        )
+
+    def checked_texts(self, sentences: Sequence[str]) -> list[dict[str, np.ndarray]]:
+        """:meth:`text_with_note` of every sentence (all checked before any is run); notes go to stderr.
+
+        Raises:
+            DataError: a sentence is empty or only whitespace and control characters.
+        """
+        out = []
+        for sentence in sentences:
+            inputs, note = self.text_with_note(sentence)
+            out.append(inputs)
+            if note:
+                print(f"note: {note}", file=sys.stderr)
+        return out
 
     def __call__(self, rgb: np.ndarray, sentence: str) -> dict[str, np.ndarray]:
         """All inputs of the full graph for one frame and one sentence (batch 1)."""

@@ -89,7 +89,7 @@ def test_split_path_equals_full_path(name: str) -> None:
 
 
 @pytest.mark.parametrize("name", FAST)
-@pytest.mark.parametrize("pool", ["mean", "cls"])
+@pytest.mark.parametrize("pool", ["mean", "cls", "attention"])
 def test_padded_tokens_do_not_change_the_output(name: str, pool: str) -> None:
     torch.manual_seed(0)
     model = create_model(name, sentence_pool=pool).eval() if pool != "mean" else built(name).eval()
@@ -175,6 +175,33 @@ def test_sentence_pool_changes_outputs_with_the_same_weights() -> None:
     x = inputs(base)
     with torch.inference_mode():
         assert (base(*x) - cls(*x)).abs().max().item() > 1e-6
+
+
+def test_attention_pool_starts_as_the_masked_mean_and_learns_word_weights() -> None:
+    base = built("tiny").eval()
+    attn = create_model("tiny", sentence_pool="attention").eval()
+    missing = attn.load_state_dict(base.state_dict(), strict=False).missing_keys
+    assert sorted(missing) == ["text.pool_score.bias", "text.pool_score.weight"]
+    x = inputs(base)
+    with torch.inference_mode():
+        assert (base(*x) - attn(*x)).abs().max().item() <= 1e-6  # zero scores: uniform over the real tokens
+        torch.nn.init.normal_(attn.text.pool_score.weight)
+        assert (base(*x) - attn(*x)).abs().max().item() > 1e-6
+
+
+def test_coordinate_channels_are_constant_buffers_that_make_the_output_position_aware() -> None:
+    base = built("tiny").eval()
+    coord = create_model("tiny", coord_features=True).eval()
+    assert not any("coords" in k for k in coord.state_dict())  # rebuilt from the spec, never stored
+    block = coord.fusion.blocks[str(coord.spec.fused_scales[0])].distribute
+    assert block.coords.shape[1] == 2 and block.coords[0, 0, 0, 0] < 0 < block.coords[0, 0, 0, -1]  # x: left < right
+    assert (
+        block.vis_proj[0].in_channels
+        == base.fusion.blocks[str(coord.spec.fused_scales[0])].distribute.vis_proj[0].in_channels + 2
+    )
+    logits = coord.train()(*inputs(coord))
+    logits.mean().backward()
+    assert torch.isfinite(logits).all() and all(p.grad is not None for p in coord.parameters())
 
 
 def test_other_timm_backbone_with_four_scales() -> None:

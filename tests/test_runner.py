@@ -147,3 +147,23 @@ def test_per_device_stages_get_their_own_folder(toy_stages, tmp_path):
     assert [o.state for o in outcomes] == ["cached", "ran"]  # the shared upstream is reused
     for device in ("x86-cpu", "jetson-orin-nano"):
         assert (tmp_path / "t" / "devices" / device / "dev" / "artifact.txt").read_text() == device
+
+
+def test_adopt_takes_a_matching_done_stage_from_another_run_and_refuses_others(toy_stages, tmp_path):
+    Runner(_cfg(tmp_path)).run(["a"])
+    source = tmp_path / "t"
+    other = Runner(_cfg(tmp_path, "run.name=u"))
+    assert other.adopt("a", source)
+    assert other.status("a").state == "done"
+    assert (other.stage_dir("a") / "numbers.txt").read_text() == "seed=0\n"
+    assert [s.state for s in other.run(["b"])] == ["cached", "ran"]
+    assert CALLS == ["a", "b"]  # a ran once, for the source run only
+    assert not other.adopt("a", source)  # already done here
+
+    different = Runner(_cfg(tmp_path, "run.name=v", "data.seed=3"))
+    assert not different.adopt("a", source)  # another key: the stage will run itself
+    assert different.status("a").state == "missing"
+
+    (source / "a" / "numbers.txt").write_text("seed=9\n")  # the source no longer matches its manifest
+    with pytest.raises(StageError, match="numbers.txt does not match"):
+        Runner(_cfg(tmp_path, "run.name=w")).adopt("a", source)

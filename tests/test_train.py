@@ -136,6 +136,44 @@ def test_epoch_sampler_order_is_a_function_of_seed_and_epoch_and_shards_the_glob
         tu.EpochSampler(3, 4, seed=0)
 
 
+def test_grouped_sampler_gives_runs_of_one_image_covering_every_sample_and_shards_whole_runs():
+    image_of = [0, 0, 0, 1, 2, 2, 2, 2, 2, 3, 3]
+    groups = tu.image_groups(image_of)
+    assert groups == [[0, 1, 2], [3], [4, 5, 6, 7, 8], [9, 10]]
+    one = tu.EpochSampler(len(image_of), 4, seed=1, groups=groups, per_group=2)
+    assert one.size == 2 * (2 + 1 + 3 + 1)  # each image padded up to whole runs of 2
+    for epoch in (0, 1):
+        order = one.order(epoch).tolist()
+        assert len(order) == one.size and set(order) == set(range(len(image_of)))
+        runs = [order[i : i + 2] for i in range(0, len(order), 2)]
+        assert all(image_of[a] == image_of[b] for a, b in runs)
+    assert not np.array_equal(one.order(0), one.order(1))
+    ranks = [tu.EpochSampler(len(image_of), 4, 1, r, 2, groups, 2) for r in range(2)]
+    for s in [one, *ranks]:
+        s.start_at(1)
+    assert list(ranks[0])[:2] + list(ranks[1])[:2] == one.global_batch_indices(1)
+    with pytest.raises(ConfigError, match="expressions_per_image=3"):
+        tu.EpochSampler(len(image_of), 4, seed=0, groups=groups, per_group=3)
+
+
+def test_shared_image_forward_equals_the_plain_forward(one_torch_thread):
+    from model import create_model
+
+    model = create_model("tiny").eval()
+    gen = torch.Generator().manual_seed(0)
+    images = torch.randn(2, 3, 64, 64, generator=gen)
+    batch = {
+        "image": images[[0, 1, 0, 0]],
+        "input_ids": torch.randint(1000, 2000, (4, 12), generator=gen),
+        "attention_mask": torch.ones(4, 12, dtype=torch.int64),
+        "image_key": torch.tensor([7, 3, 7, 7]),
+    }
+    with torch.no_grad():
+        shared = tu.forward_shared_images(model, batch)
+        plain = model(batch["image"], batch["input_ids"], batch["attention_mask"])
+    torch.testing.assert_close(shared, plain, rtol=0, atol=1e-5)
+
+
 def test_seg_loss_is_a_per_sample_mean_and_rewards_the_right_mask():
     torch.manual_seed(0)
     mask = (torch.rand(4, 1, 32, 32) > 0.5).float()
@@ -180,14 +218,16 @@ def test_fit_writes_best_last_curve_and_figures(tmp_path, data_dir):
     torch.load(out / "last" / "optim.pt", weights_only=True)  # plain tensors and containers only
 
 
-def test_ddp_step_on_two_processes_equals_one_process_step(tmp_path, data_dir):
+@pytest.mark.parametrize("per_image", [1, 2], ids=["plain", "2-expressions-per-image"])
+def test_ddp_step_on_two_processes_equals_one_process_step(tmp_path, data_dir, per_image):
     # Adam's first step is lr·g/(|g|+eps): with the default eps it is lr·sign(g), so float round-off of near-zero
     # gradients (and of ReLU decisions at near-zero BatchNorm outputs) flips whole steps. eps=1 makes the step
     # ≈ lr·g/(1+|g|): the comparison then checks the averaged gradient itself (a sum instead of a mean would be
     # ~30× over the tolerance), and clipping, which would hide a wrong scale, is off.
     cfg_path, cfg = write_config(
-        tmp_path, steps=1, lr=1e-4, adam_eps=1.0, grad_clip=0.0, dropout=0.0, drop_path=0.0, warmup_steps=0
-    )
+        tmp_path, steps=1, lr=1e-4, adam_eps=1.0, grad_clip=0.0, dropout=0.0, drop_path=0.0, warmup_steps=0,
+        expressions_per_image=per_image,
+    )  # fmt: skip
     cmd = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
         "-m", "pipeline.train", "--config", str(cfg_path), "--out", str(tmp_path / "ddp"), "--data", str(data_dir),

@@ -86,6 +86,7 @@ class RISDataset:
             "attention_mask": self.attention_mask[index],
             "mask": target.astype(np.float32)[None],  # 1, S, S
             "index": index,
+            "image_key": np.int64(sample.image_id),
         }
 
 

@@ -20,9 +20,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
 from pycocotools import mask as mask_utils
 
+from pipeline.data.tokenize import clean_expression
+from pipeline.data.transforms import read_image
 from pipeline.errors import DataError, closest
 
 DATASETS = ("refcoco", "refcoco+", "refcocog", "refclef", "synref")
@@ -129,34 +130,13 @@ def _index(rows: list[dict[str, Any]], what: str, path: Path) -> dict[int, dict[
 
 
 def decode_image(data: bytes | Path, image_id: int | str = "?") -> np.ndarray:
-    """Decode an image file to uint8 RGB ``[H, W, 3]``.
-
-    Grey and palette images become RGB, alpha is dropped, and 16-bit or 32-bit integer images are scaled to 8 bits.
-    EXIF orientation is not applied: REFER annotations refer to the stored pixel layout.
+    """Decode an image file to uint8 RGB ``[H, W, 3]`` with :func:`pipeline.data.transforms.read_image`.
 
     Raises:
-        DataError: the file cannot be decoded (names the image id and file).
+        DataError: the file is missing, cannot be decoded or is over the pixel limit (names the image id and file).
     """
     name = data if isinstance(data, Path) else "<bytes>"
-    try:
-        with Image.open(data if isinstance(data, Path) else io.BytesIO(data)) as img:
-            img.load()
-            return _to_rgb_uint8(img)
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        raise DataError(f"image {image_id} ({name}) is corrupt or unreadable: {exc}") from exc
-
-
-def _to_rgb_uint8(img: Image.Image) -> np.ndarray:
-    if img.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
-        arr = np.asarray(img, dtype=np.float64)
-        peak = arr.max(initial=0.0)
-        if peak > 255:  # 16-bit (or wider) data: scale its full range to 8 bits
-            arr = arr * (255.0 / (65535.0 if peak <= 65535 else peak))
-        grey = np.clip(np.rint(arr), 0, 255).astype(np.uint8)
-        return np.repeat(grey[..., None], 3, axis=2)
-    if img.mode != "RGB":
-        img = img.convert("RGBA" if "transparency" in img.info else img.mode).convert("RGB")
-    return np.asarray(img, dtype=np.uint8).copy()
+    return read_image(data, label=f"image {image_id} ({name})")
 
 
 def annotation_mask(ann: dict[str, Any], height: int, width: int) -> np.ndarray:
@@ -252,12 +232,23 @@ class ReferDataset:
         return rgb
 
     def mask(self, ann_id: int) -> np.ndarray:
-        """The bool ``[H, W]`` mask of an annotation at its image's original resolution."""
+        """The bool ``[H, W]`` mask of an annotation at its image's original resolution.
+
+        Raises:
+            DataError: unknown id, a segmentation of no known form, or a mask without a single pixel (a referent
+                the model could never find; it would score IoU 0 or be skipped silently).
+        """
         if ann_id not in self.anns:
             raise DataError(f"unknown annotation id {ann_id} in {self.name}")
         ann = self.anns[ann_id]
         info = self._image(ann["image_id"])
-        return annotation_mask(ann, info["height"], info["width"])
+        mask = annotation_mask(ann, info["height"], info["width"])
+        if not mask.any():
+            raise DataError(
+                f"annotation {ann_id} of {self.name} (image {ann['image_id']}, {info['file_name']}) has an empty "
+                "mask: its segmentation covers no pixel; fix or drop the annotation and the refs that use it"
+            )
+        return mask
 
     def counts(self) -> dict[str, Any]:
         """Images, refs and sentences per split (and sentences per kind where sentences carry one)."""
@@ -354,6 +345,11 @@ def _check_ref(
         raise DataError(f"{path}: ref {ref_id} points at annotation id {ann_id}, which instances.json lacks")
     if image_id not in images:
         raise DataError(f"{path}: ref {ref_id} points at image id {image_id}, which instances.json lacks")
+    if _segmentation_empty(anns[ann_id].get("segmentation")):
+        raise DataError(
+            f"{path}: ref {ref_id} points at annotation {ann_id}, whose segmentation is empty "
+            f"({str(anns[ann_id].get('segmentation'))[:60]}); a referent needs a mask"
+        )
     if anns[ann_id]["image_id"] != image_id:
         raise DataError(
             f"{path}: ref {ref_id} is on image {image_id} but its annotation {ann_id} is on image "
@@ -366,12 +362,29 @@ def _check_ref(
         raise DataError(f"{path}: ref {ref_id} needs a str split and a list of sentences")
 
 
+def _segmentation_empty(seg: Any) -> bool:
+    """True when a segmentation cannot cover a pixel, told without rasterizing it: no polygon of 3+ points, or an
+    RLE without a foreground run. Forms :func:`annotation_mask` does not know are left for it to report."""
+    if seg is None or isinstance(seg, list):
+        return not any(isinstance(p, list) and len(p) >= 6 for p in seg or [])
+    if isinstance(seg, dict) and isinstance(seg.get("counts"), list):  # uncompressed: runs alternate 0s and 1s
+        return sum(seg["counts"][1::2]) == 0
+    if isinstance(seg, dict) and isinstance(seg.get("counts"), (str, bytes)) and "size" in seg:
+        counts = seg["counts"].encode("ascii") if isinstance(seg["counts"], str) else seg["counts"]
+        try:
+            return int(mask_utils.area({"size": list(seg["size"]), "counts": counts})) == 0
+        except (TypeError, ValueError, UnicodeEncodeError):
+            return False
+    return False
+
+
 def _sample(ref: dict[str, Any], sent: Any, ann: dict[str, Any], image: dict[str, Any], path: Path) -> Sample:
     if not isinstance(sent, dict) or "sent_id" not in sent:
         raise DataError(f"{path}: ref {ref['ref_id']} has a sentence without sent_id: {str(sent)[:80]}")
     text = sent.get("sent") or sent.get("raw") or " ".join(sent.get("tokens", []))
     if not isinstance(text, str) or not text.strip():
         raise DataError(f"{path}: sentence {sent['sent_id']} of ref {ref['ref_id']} has no text")
+    text = clean_expression(text, f"{path}: sentence {sent['sent_id']} of ref {ref['ref_id']}")
     return Sample(
         ref_id=ref["ref_id"],
         sent_id=sent["sent_id"],
@@ -379,7 +392,7 @@ def _sample(ref: dict[str, Any], sent: Any, ann: dict[str, Any], image: dict[str
         ann_id=ref["ann_id"],
         category_id=ref.get("category_id", ann.get("category_id")),
         split=ref["split"],
-        text=text.strip(),
+        text=text,
         kind=sent.get("kind"),
         file_name=image["file_name"],  # the image's, relative to images_dir (a ref's own file_name is unused)
     )

@@ -613,7 +613,7 @@ def generate_synref(out_dir: str | Path, data_cfg: DataConfig) -> dict[str, Any]
         "config": cfg.model_dump(mode="json"),
         "vocabulary": vocabulary(),
         "split_kinds": {s: list(k) for s, k in SPLIT_KINDS.items()},
-        "stats": stats,
+        "stats": {k: v for k, v in stats.items() if k != "seconds"},  # a timing would make equal data sets differ
     }
     atomic_write_json(root / "info.json", info)
     log.info(

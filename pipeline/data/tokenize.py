@@ -3,13 +3,16 @@
 Usage: ``tok = TextTokenizer.from_dir(path, max_length=20); batch = tok(["the red star"])  # input_ids, attention_mask``
 
 A directory with ``tokenizer.json`` is read with the ``tokenizers`` library; one without falls back to
-``transformers.AutoTokenizer`` (imported only then). Every call pads right and truncates to ``max_length``, and
-counts the sentences it truncated in :attr:`TextTokenizer.stats`.
+``transformers.AutoTokenizer`` (imported only then). Every text is cleaned first (:func:`clean_expression`: control
+and invisible format characters become spaces, whitespace runs collapse, and an expression left empty is refused).
+Every call pads right and truncates to ``max_length``, counts the sentences it truncated in
+:attr:`TextTokenizer.stats` and flags them per text in :attr:`TextTokenizer.last_truncated`.
 """
 
 from __future__ import annotations
 
 import json
+import unicodedata
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -19,6 +22,28 @@ import numpy as np
 from pipeline.errors import DataError
 
 DEFAULT_MAX_LENGTH = 20
+
+
+def clean_expression(text: str, what: str = "expression") -> str:
+    """The text with control and format characters (category C: NUL, ESC, zero-width space, BOM, ...) replaced by
+    spaces and runs of whitespace collapsed to one space, stripped; letters, accents and emoji are kept.
+
+    Args:
+        text: a referring expression.
+        what: how an error names the text (e.g. the sentence id in a data set).
+
+    Raises:
+        DataError: the text is not a string, or nothing but whitespace and control characters.
+    """
+    if not isinstance(text, str):
+        raise DataError(f"{what} must be a string, got {type(text).__name__}: {str(text)[:80]!r}")
+    cleaned = " ".join("".join(" " if unicodedata.category(c).startswith("C") else c for c in text).split())
+    if not cleaned:
+        raise DataError(
+            f"{what} {text[:80]!r} is empty once whitespace and control characters are removed; "
+            "expected a sentence that names the object, e.g. 'the red mug left of the laptop'"
+        )
+    return cleaned
 
 
 def default_tokenizer_dir() -> Path:
@@ -64,6 +89,7 @@ class TextTokenizer:
         self.pad_id = pad_id
         self.source = source
         self.stats = {"texts": 0, "truncated": 0}
+        self.last_truncated: list[bool] = []
 
     @classmethod
     def from_dir(cls, path: str | Path | None = None, max_length: int = DEFAULT_MAX_LENGTH) -> TextTokenizer:
@@ -117,13 +143,16 @@ class TextTokenizer:
         return cls(encode, max_length, pad_id, source=f"transformers:{folder}")
 
     def __call__(self, texts: str | Sequence[str]) -> dict[str, np.ndarray]:
-        """Tokenize one text or a batch.
+        """Tokenize one text or a batch (each cleaned by :func:`clean_expression`).
 
         Returns:
             ``input_ids`` and ``attention_mask``, int64 ``[B, max_length]`` (B = 1 for a single string); padding on
-            the right, mask 1 on real tokens.
+            the right, mask 1 on real tokens. :attr:`last_truncated` says which texts were cut to fit.
+
+        Raises:
+            DataError: a text is empty, or only whitespace and control characters.
         """
-        batch = [texts] if isinstance(texts, str) else list(texts)
+        batch = [clean_expression(t) for t in (texts if isinstance(texts, (list, tuple)) else [texts])]
         ids, truncated = self._encode(batch)
         input_ids = np.full((len(batch), self.max_length), self.pad_id, np.int64)
         attention_mask = np.zeros((len(batch), self.max_length), np.int64)
@@ -132,6 +161,7 @@ class TextTokenizer:
             attention_mask[row, : len(seq)] = 1
         self.stats["texts"] += len(batch)
         self.stats["truncated"] += sum(truncated)
+        self.last_truncated = list(truncated)
         return {"input_ids": input_ids, "attention_mask": attention_mask}
 
     def describe(self) -> dict[str, Any]:

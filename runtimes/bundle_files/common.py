@@ -18,7 +18,9 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE / "lib"))
 
+from pipeline.data.transforms import read_image as _read_image  # noqa: E402
 from pipeline.errors import ArtifactError, PipelineError  # noqa: E402
+from pipeline.io import sha256_file  # noqa: E402
 from runtimes.base import get_runtime  # noqa: E402
 from runtimes.processing import Processing  # noqa: E402
 from runtimes.visualize import save_mask_and_overlay  # noqa: E402
@@ -34,7 +36,11 @@ class Bundle:
         path = self.root / "metadata.json"
         if not path.is_file():
             raise ArtifactError(f"{path} is missing: is {self.root} an unpacked deploy bundle?")
-        self.meta: dict[str, Any] = json.loads(path.read_text())
+        try:
+            self.meta: dict[str, Any] = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ArtifactError(f"{path} is truncated or corrupt ({exc}); re-copy the bundle") from exc
+        self._sums: dict[str, str] | None = None
 
     @classmethod
     def here(cls) -> Bundle:
@@ -64,22 +70,69 @@ class Bundle:
         return path
 
     def runtime(self, backend: str, precision: str, threads: int | None = None) -> Any:
+        """Load a model after checking its files against ``SHA256SUMS`` and its description against the bundle's.
+
+        Raises:
+            ArtifactError: a model file is truncated or changed, or the model is not the one this bundle describes.
+        """
+        path = self.artifact(backend, precision)
+        companion = {".xml": path.with_suffix(".bin"), ".onnx": path.with_name(path.name + ".data")}.get(path.suffix)
+        for part in (path, companion):
+            if part is not None:
+                self.check_file(part)
         device = "GPU" if backend == "tensorrt" else "CPU"
-        return get_runtime(backend).load(self.artifact(backend, precision), device=device, threads=threads)
+        rt = get_runtime(backend).load(path, device=device, threads=threads)
+        self.check_same_model(rt.metadata, path)
+        return rt
+
+    def check_file(self, path: Path) -> None:
+        """Refuse a file whose sha256 differs from its ``SHA256SUMS`` line (files the list lacks are not checked)."""
+        if self._sums is None:
+            sums = self.root / "SHA256SUMS"
+            lines = sums.read_text().splitlines() if sums.is_file() else []
+            self._sums = {rel: digest for digest, _, rel in (line.partition("  ") for line in lines) if rel}
+        try:
+            rel = path.relative_to(self.root).as_posix()
+        except ValueError:  # not inside the bundle: nothing to check against
+            return
+        if rel not in self._sums:
+            return
+        if not path.is_file():
+            raise ArtifactError(f"{path} is missing from the bundle (SHA256SUMS lists it); re-copy the bundle")
+        digest = sha256_file(path)
+        if digest != self._sums[rel]:
+            raise ArtifactError(
+                f"{path} is truncated or corrupt: sha256 {digest[:16]}... but SHA256SUMS says "
+                f"{self._sums[rel][:16]}...; re-copy the bundle (sha256sum -c SHA256SUMS shows every bad file)"
+            )
+
+    def check_same_model(self, metadata: dict[str, Any], path: Path) -> None:
+        """Refuse a model of another variant or checkpoint, or one that needs other pre-processing than the bundle."""
+        mine = self.meta["description"]
+        for key in ("variant", "checkpoint_sha256"):
+            if mine.get(key) is not None and metadata.get(key) is not None and mine[key] != metadata[key]:
+                raise ArtifactError(
+                    f"{path} is a model of {key} {metadata[key]!r} but this bundle describes {key} {mine[key]!r}; "
+                    "it does not belong to this bundle (rebuild the bundle with the pipeline)"
+                )
+        theirs = Processing.from_metadata(metadata).signature()
+        if theirs != self.processing().signature():
+            raise ArtifactError(
+                f"{path} expects inputs {theirs} (size, tokens, mean, std, threshold) but this bundle prepares "
+                f"{self.processing().signature()}; it does not belong to this bundle"
+            )
 
     def processing(self) -> Processing:
         return Processing.from_metadata(self.meta["description"], tokenizer_dir=self.root / "tokenizer")
 
 
 def read_image(path: str | Path) -> np.ndarray:
-    """uint8 RGB [H, W, 3] from an image file (grayscale, palette and RGBA are converted)."""
-    from PIL import Image, UnidentifiedImageError
+    """uint8 RGB [H, W, 3] from an image file, exactly as the host reads it (grey, 16-bit, palette, RGBA converted).
 
-    try:
-        with Image.open(path) as img:
-            return np.asarray(img.convert("RGB"))
-    except (OSError, UnidentifiedImageError) as exc:
-        raise ArtifactError(f"cannot read image {path}: {exc}") from exc
+    Raises:
+        DataError: the file is missing, not a readable image, or over the pixel limit (``S2RM_MAX_IMAGE_PIXELS``).
+    """
+    return _read_image(path)
 
 
 def fail(exc: Exception) -> int:

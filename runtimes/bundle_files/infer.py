@@ -27,14 +27,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         bundle = Bundle.here()
         precision = args.precision or bundle.precisions[0]
+        rgb = read_image(args.image)  # before the (slower) model load: a bad image fails fast
         rt = bundle.runtime(args.backend, precision, args.threads)
         proc = bundle.processing()
-        rgb = read_image(args.image)
+        texts = proc.checked_texts(args.text)  # every sentence is checked before anything is written
         image_inputs = proc.image(rgb)
         args.out.mkdir(parents=True, exist_ok=True)
-        for i, sentence in enumerate(args.text):
+        for i, (sentence, text_inputs) in enumerate(zip(args.text, texts, strict=True)):
             started = time.perf_counter()
-            out = rt.infer({**image_inputs, **proc.text(sentence)})
+            out = rt.infer({**image_inputs, **text_inputs})
             mask = proc.postprocess(out["mask_logits"][0], rgb.shape[:2])
             ms = (time.perf_counter() - started) * 1e3
             stem = args.image.stem if len(args.text) == 1 else f"{args.image.stem}_{i}"
