@@ -418,6 +418,7 @@ def demo() -> ModelSpec:
         coparse_kernel=5,
         decoder_dim=48,
         decoder_convs=1,
+        coord_features=True,  # location words ("on the left") need absolute positions, which Swin does not encode
     )
 
 
