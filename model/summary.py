@@ -85,6 +85,14 @@ def measure_latency(model: RISModel, runs: int = 20, threads: int = 2, warmup: i
     return out
 
 
+def extra_expression_cost(latency: dict[str, dict[str, float]]) -> dict[str, float]:
+    """Cost of one more expression on an already-encoded frame, in % of a full forward (medians of
+    :func:`measure_latency`): a new sentence runs text + decode, a cached one (a fixed robot command) decode only."""
+    full = latency["full"]["median_ms"]
+    text, decode = latency["text"]["median_ms"], latency["decode"]["median_ms"]
+    return {"new_pct": 100 * (text + decode) / full, "cached_pct": 100 * decode / full}
+
+
 def _parse_override(text: str) -> tuple[str, Any]:
     key, sep, value = text.partition("=")
     if not sep:
@@ -117,6 +125,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"PyTorch CPU latency, batch 1, {args.threads} threads, median of {args.runs}:")
         for name, row in figures["latency"].items():
             print(f"  {name:<8}{row['median_ms']:>9.1f} ms  (p90 {row['p90_ms']:.1f}, min {row['min_ms']:.1f})")
+        figures["extra_expression"] = extra = extra_expression_cost(figures["latency"])
+        print(
+            f"each extra expression on an encoded frame: {extra['new_pct']:.1f}% of a full forward "
+            f"(text + decode), {extra['cached_pct']:.1f}% with its text embedding cached (decode only)"
+        )
     if args.json:
         with open(args.json, "w") as f:
             json.dump(figures, f, indent=2)

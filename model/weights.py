@@ -255,8 +255,11 @@ def save_checkpoint(
     spec_json = json.dumps(model.spec.to_dict(), sort_keys=True)
     state = {k: v.detach().to("cpu").clone().contiguous() for k, v in model.state_dict().items()}
     tmp = weights_path.with_name(weights_path.name + ".tmp")
-    save_file(state, str(tmp), metadata={"format": CHECKPOINT_FORMAT, "spec": spec_json})
-    os.replace(tmp, weights_path)
+    try:
+        save_file(state, str(tmp), metadata={"format": CHECKPOINT_FORMAT, "spec": spec_json})
+        os.replace(tmp, weights_path)
+    finally:
+        tmp.unlink(missing_ok=True)  # a failed write (full disk) leaves no half-written file behind
     doc = {
         "format": CHECKPOINT_FORMAT,
         "version": CHECKPOINT_VERSION,
@@ -266,8 +269,11 @@ def save_checkpoint(
         "meta": extra_json or {},
     }
     tmp = json_path.with_name(json_path.name + ".tmp")
-    tmp.write_text(json.dumps(doc, indent=2, sort_keys=True))
-    os.replace(tmp, json_path)
+    try:
+        tmp.write_text(json.dumps(doc, indent=2, sort_keys=True))
+        os.replace(tmp, json_path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return weights_path, json_path
 
 

@@ -77,7 +77,7 @@ def test_verify_passes_on_golden_outputs_with_onnxruntime(jetson_bundle):
 
 def test_verify_fails_when_outputs_differ(jetson_bundle, tmp_path):
     bundle = extract_bundle(jetson_bundle["tar"], tmp_path)
-    golden = bundle / "golden" / "outputs_int8.npz"
+    golden = bundle / "golden" / "outputs_int8_onnx.npz"
     logits = np.load(golden)["mask_logits"]
     np.savez(golden, mask_logits=-logits)  # the mask flips: a broken engine
     proc = robot(bundle, "verify.py", "--backend", "onnxruntime", "--precision", "int8")
@@ -226,3 +226,23 @@ def test_tarball_is_reproducible(tmp_path):
     first = make_tarball(folder, tmp_path / "one.tar.gz")
     (folder / "sub" / "a.txt").touch()  # a newer mtime must not change the bytes
     assert make_tarball(folder, tmp_path / "two.tar.gz") == first
+
+
+def test_x86_bundle_checks_each_int8_format_against_its_own_golden_outputs(quantized, tmp_path):
+    """The x86 bundle carries two INT8 models (OpenVINO IR and Q/DQ ONNX, two different quantizations): each backend
+    is verified against the host's outputs of the very file it runs."""
+    import logging
+
+    from pipeline.stage import StageContext
+    from pipeline.stages.bundle import run_bundle
+
+    cfg = quantized["cfg"].model_copy(update={"device": load_config(None, device="x86-cpu").device})
+    root = quantized["root"]
+    upstream = {u: root / u for u in ("data", "export", "quantize")}
+    run_bundle(StageContext("bundle", cfg, tmp_path / "x86", root, upstream, logging.getLogger("test.bundle")))
+    bundle = extract_bundle(tmp_path / "x86" / "bundle.tar.gz", tmp_path / "robot")
+    golden = json.loads((bundle / "metadata.json").read_text())["models"]["int8"]["golden_outputs"]
+    assert set(golden) == {"onnx", "openvino"}
+    for backend in ("onnxruntime", "openvino"):
+        proc = robot(bundle, "verify.py", "--backend", backend, "--precision", "int8")
+        assert proc.returncode == 0 and f"PASS {backend} int8" in proc.stdout, proc.stdout + proc.stderr[-2000:]

@@ -371,6 +371,17 @@ def test_summary_counts_every_part() -> None:
     assert main(["tiny"]) == 0
 
 
+def test_summary_reports_the_cost_of_an_extra_expression(tmp_path: Path) -> None:
+    from model.summary import extra_expression_cost, main
+
+    latency = {"full": {"median_ms": 100.0}, "text": {"median_ms": 10.0}, "decode": {"median_ms": 15.0}}
+    assert extra_expression_cost(latency) == {"new_pct": 25.0, "cached_pct": 15.0}
+    out = tmp_path / "tiny.json"
+    assert main(["tiny", "--latency", "--runs", "2", "--threads", "1", "--json", str(out)]) == 0
+    extra = json.loads(out.read_text())["extra_expression"]
+    assert 0 < extra["cached_pct"] < extra["new_pct"]
+
+
 @pytest.mark.slow
 def test_tiny_learns_a_language_dependent_toy_task() -> None:
     """A red and a blue square per image; the word picks one. Only a model whose mask depends on language gets IoU 1."""

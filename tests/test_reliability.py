@@ -1256,3 +1256,17 @@ def test_config_override_is_a_config_or_a_config_error(key, value):
         assert str(exc)  # a message, never an empty one
         return
     assert isinstance(cfg, Config)
+
+
+def test_full_disk_while_saving_a_checkpoint_keeps_the_old_one_and_no_temporary(tmp_path):
+    from model import create_model
+    from model.weights import load_checkpoint, save_checkpoint
+
+    model = create_model("tiny")
+    save_checkpoint(model, tmp_path / "best", {"step": 1})
+    before = sorted(p.name for p in tmp_path.iterdir())
+    with no_space(lambda p: p.suffix == ".safetensors"), pytest.raises(OSError, match="No space"):
+        save_checkpoint(model, tmp_path / "best", {"step": 2})
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # no best.safetensors.tmp left behind
+    assert load_checkpoint(tmp_path / "best")[1]["step"] == 1
+    record("full disk", "ENOSPC while saving a checkpoint", "OSError; the previous checkpoint loads, no temporary left")

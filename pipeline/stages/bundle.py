@@ -40,12 +40,12 @@ def model_plan(ctx: StageContext) -> dict[str, dict[str, Any]]:
         return {
             "int8": {
                 "onnx": quant / "full_int8_qdq.onnx",
-                "reference": ("onnxruntime", quant / "full_int8_qdq.onnx"),
+                "reference": {"onnx": ("onnxruntime", quant / "full_int8_qdq.onnx")},
                 "engine": "engines/full_int8.engine",
             },
             "fp16": {
                 "onnx": export / "full_fp16.onnx",
-                "reference": ("onnxruntime", export / "full.onnx"),
+                "reference": {"onnx": ("onnxruntime", export / "full.onnx")},
                 "engine": "engines/full_fp16.engine",
             },
         }
@@ -54,17 +54,26 @@ def model_plan(ctx: StageContext) -> dict[str, dict[str, Any]]:
             "int8": {
                 "openvino": quant / "full_int8.xml",
                 "onnx": quant / "full_int8_qdq.onnx",
-                "reference": ("openvino", quant / "full_int8.xml"),
+                "reference": {
+                    "openvino": ("openvino", quant / "full_int8.xml"),
+                    "onnx": ("onnxruntime", quant / "full_int8_qdq.onnx"),
+                },
             },
             "fp32": {
                 "openvino": export / "full.xml",
                 "onnx": export / "full.onnx",
-                "reference": ("openvino", export / "full.xml"),
+                "reference": {
+                    "openvino": ("openvino", export / "full.xml"),
+                    "onnx": ("onnxruntime", export / "full.onnx"),
+                },
             },
         }
     return {
-        "int8": {"onnx": quant / "full_int8_qdq.onnx", "reference": ("onnxruntime", quant / "full_int8_qdq.onnx")},
-        "fp32": {"onnx": export / "full.onnx", "reference": ("onnxruntime", export / "full.onnx")},
+        "int8": {
+            "onnx": quant / "full_int8_qdq.onnx",
+            "reference": {"onnx": ("onnxruntime", quant / "full_int8_qdq.onnx")},
+        },
+        "fp32": {"onnx": export / "full.onnx", "reference": {"onnx": ("onnxruntime", export / "full.onnx")}},
     }
 
 
@@ -112,7 +121,11 @@ def run_bundle(ctx: StageContext) -> dict[str, Any]:
     # 1. models, tokenizer, runtime code, scripts
     models: dict[str, dict[str, Any]] = {}
     for precision, entry in plan.items():
-        models[precision] = {"tolerance": TOLERANCE[precision], "golden_outputs": f"golden/outputs_{precision}.npz"}
+        models[precision] = {
+            "tolerance": TOLERANCE[precision],
+            # one golden file per model format: an OpenVINO INT8 IR and a Q/DQ ONNX are different quantizations
+            "golden_outputs": {key: f"golden/outputs_{precision}_{key}.npz" for key in entry["reference"]},
+        }
         for key in ("onnx", "openvino"):
             if key in entry:
                 copy_file(entry[key], out / "models" / entry[key].name)
@@ -124,22 +137,24 @@ def run_bundle(ctx: StageContext) -> dict[str, Any]:
     copy_scripts(out)
 
     # 2. golden inputs and outputs from the host
-    reference_rt = get_runtime(plan[next(iter(plan))]["reference"][0]).load(plan[next(iter(plan))]["reference"][1])
+    first_reference = next(iter(plan[next(iter(plan))]["reference"].values()))
+    reference_rt = get_runtime(first_reference[0]).load(first_reference[1])
     description = dict(reference_rt.metadata)
     proc = Processing.from_metadata(description, tokenizer_dir=out / "tokenizer")
     inputs, frames = golden_samples(ctx, proc)
     (out / "golden").mkdir(parents=True, exist_ok=True)
     np.savez(out / "golden" / "inputs.npz", **inputs)
     for precision, entry in plan.items():
-        backend, path = entry["reference"]
-        rt = get_runtime(backend).load(path, threads=dev.threads)
-        logits = np.concatenate(
-            [rt.infer({k: v[i : i + 1] for k, v in inputs.items()})["mask_logits"] for i in range(len(inputs["image"]))]
-        )
-        np.savez(out / "golden" / f"outputs_{precision}.npz", mask_logits=logits)
+        for key, (backend, path) in entry["reference"].items():
+            rt = get_runtime(backend).load(path, threads=dev.threads)
+            n = len(inputs["image"])
+            logits = np.concatenate(
+                [rt.infer({k: v[i : i + 1] for k, v in inputs.items()})["mask_logits"] for i in range(n)]
+            )
+            np.savez(out / "golden" / f"outputs_{precision}_{key}.npz", mask_logits=logits)
     frames_meta = []
     first = next(iter(plan))
-    rt = get_runtime(plan[first]["reference"][0]).load(plan[first]["reference"][1], threads=dev.threads)
+    rt = get_runtime(first_reference[0]).load(first_reference[1], threads=dev.threads)
     for i, (rgb, sample) in enumerate(frames):
         mask = proc.postprocess(rt.infer(proc(rgb, sample.text))["mask_logits"][0], rgb.shape[:2])
         Image.fromarray(rgb).save(out / "golden" / f"frame_{i}.png")

@@ -69,6 +69,15 @@ class Bundle:
             raise ArtifactError(f"engine {path} is not built yet: run ./build_engine.sh (or build_engine.py) first")
         return path
 
+    def golden_outputs(self, backend: str, precision: str) -> Path:
+        """The host's golden outputs a backend is compared with: those of the same model file (a TensorRT engine is
+        built from the ONNX, so it is compared with ONNX Runtime's outputs of that ONNX)."""
+        golden = self.model_entry(precision)["golden_outputs"]
+        key = "openvino" if backend == "openvino" else "onnx"
+        if key not in golden:
+            raise ArtifactError(f"the {precision} model has no golden outputs for {backend} (it has {sorted(golden)})")
+        return Path(golden[key])
+
     def runtime(self, backend: str, precision: str, threads: int | None = None) -> Any:
         """Load a model after checking its files against ``SHA256SUMS`` and its description against the bundle's.
 

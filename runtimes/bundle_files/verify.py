@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
         results, ok = {}, True
         for precision in [args.precision] if args.precision else bundle.precisions:
             entry = bundle.model_entry(precision)
-            expected = np.load(bundle.root / entry["golden_outputs"])["mask_logits"]
+            expected = np.load(bundle.root / bundle.golden_outputs(args.backend, precision))["mask_logits"]
             rt = bundle.runtime(args.backend, precision, args.threads)
             got = np.concatenate(
                 [rt.infer({k: v[i : i + 1] for k, v in inputs.items()})["mask_logits"] for i in range(len(expected))]
