@@ -62,8 +62,8 @@ def test_tiny_study_end_to_end_then_cached(tmp_path):
     data = {"synref": {"images": {"train": 8, "val": 3, "testA": 2, "testB": 2}, "min_side": 64, "max_side": 80,
                        "min_objects": 3, "max_objects": 4}}  # fmt: skip
     sets = [f"run.root={tmp_path / 'runs'}", "model.variant=tiny", f"data={json.dumps(data)}", "train.steps=2",
-            "train.batch_size=2", "train.eval_every=2", "train.eval_samples=3", "train.num_workers=0",
-            "train.threads=1", "train.warmup_steps=0"]  # fmt: skip
+            "train.batch_size=4", "train.expressions_per_image=2", "train.eval_every=2", "train.eval_samples=3",
+            "train.num_workers=0", "train.threads=1", "train.warmup_steps=0"]  # fmt: skip
     config = str(REPO / "configs" / "demo.yaml")
     cmd = [sys.executable, "-m", "benchmarks.ablations", "--config", config, "--seeds", "0", "1", "--latency-runs", "2",
            "--threads", "1", *[a for s in sets for a in ("--set", s)]]  # fmt: skip
