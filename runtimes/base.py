@@ -87,6 +87,16 @@ def prepare_feeds(feeds: dict[str, np.ndarray], inputs: dict[str, TensorSpec], a
     return out
 
 
+class RuntimeBase:
+    """The state every runtime keeps once :meth:`Runtime.load` has bound it to an artifact (empty until then)."""
+
+    def __init__(self) -> None:
+        self.inputs: dict[str, TensorSpec] = {}
+        self.outputs: dict[str, TensorSpec] = {}
+        self.metadata: dict[str, Any] = {}
+        self.artifact: Path | None = None
+
+
 @runtime_checkable
 class Runtime(Protocol):
     """An inference backend bound to one artifact after :meth:`load`.

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.errors import ArtifactError, RuntimeUnavailable, choice_error
-from runtimes.base import TensorSpec, decode_metadata, prepare_feeds, require, tensor_specs
+from runtimes.base import RuntimeBase, TensorSpec, decode_metadata, prepare_feeds, require, tensor_specs
 
 INSTALL_HINT = "pip install onnxruntime (CPU) or onnxruntime-gpu (CUDA / TensorRT execution providers)"
 # device name -> execution providers in priority order (CPU always last so unsupported nodes still run).
@@ -23,17 +23,14 @@ PROVIDERS = {
 }
 
 
-class OnnxRuntime:
+class OnnxRuntime(RuntimeBase):
     """Runs an exported ``.onnx`` (FP32, FP16 or Q/DQ INT8) with ONNX Runtime."""
 
     name = "onnxruntime"
     install_hint = INSTALL_HINT
 
     def __init__(self) -> None:
-        self.inputs: dict[str, TensorSpec] = {}
-        self.outputs: dict[str, TensorSpec] = {}
-        self.metadata: dict[str, Any] = {}
-        self.artifact: Path | None = None
+        super().__init__()
         self._session: Any = None
 
     def is_available(self) -> bool:

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.errors import ArtifactError, RuntimeUnavailable
-from runtimes.base import RT_INFO_ROOT, TensorSpec, decode_metadata, prepare_feeds, require, tensor_specs
+from runtimes.base import RT_INFO_ROOT, RuntimeBase, TensorSpec, decode_metadata, prepare_feeds, require, tensor_specs
 
 INSTALL_HINT = "pip install openvino"
 
@@ -25,7 +25,7 @@ def read_rt_info(model: Any) -> dict[str, Any]:
     return decode_metadata({k: v.astype(str) if hasattr(v, "astype") else str(v) for k, v in raw.items()})
 
 
-class OpenVINORuntime:
+class OpenVINORuntime(RuntimeBase):
     """Runs an OpenVINO IR (FP32 or NNCF INT8) compiled for latency.
 
     Args:
@@ -39,10 +39,7 @@ class OpenVINORuntime:
 
     def __init__(self, inference_precision: str | None = "f32") -> None:
         self.inference_precision = inference_precision
-        self.inputs: dict[str, TensorSpec] = {}
-        self.outputs: dict[str, TensorSpec] = {}
-        self.metadata: dict[str, Any] = {}
-        self.artifact: Path | None = None
+        super().__init__()
         self._request: Any = None
 
     def is_available(self) -> bool:

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.errors import ArtifactError, RuntimeUnavailable
-from runtimes.base import TensorSpec, decode_metadata, prepare_feeds
+from runtimes.base import RuntimeBase, TensorSpec, decode_metadata, prepare_feeds
 
 INSTALL_HINT = (
     "needs an NVIDIA GPU, `tensorrt` and `cuda-python` (Jetson: JetPack's python3-libnvinfer + pip install "
@@ -237,7 +237,7 @@ def _cuda_device_present() -> bool:
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-class TensorRTRuntime:
+class TensorRTRuntime(RuntimeBase):
     """Runs a TensorRT engine (``.engine`` / ``.plan`` + JSON sidecar) on one NVIDIA GPU, batch as built."""
 
     name = "tensorrt"
@@ -245,10 +245,7 @@ class TensorRTRuntime:
     extensions = (".engine", ".plan")
 
     def __init__(self) -> None:
-        self.metadata: dict[str, Any] = {}
-        self.inputs: dict[str, TensorSpec] = {}
-        self.outputs: dict[str, TensorSpec] = {}
-        self.artifact: Path | None = None
+        super().__init__()
         self._ptrs: dict[str, int] = {}
         self._host_out: dict[str, np.ndarray] = {}
         self._engine: Any = None

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.errors import ArtifactError, RuntimeUnavailable, choice_error
-from runtimes.base import TensorSpec, prepare_feeds
+from runtimes.base import RuntimeBase, TensorSpec, prepare_feeds
 
 INSTALL_HINT = "pip install torch timm transformers (see the Makefile's setup target for the pinned CPU build)"
 GRAPHS = ("full", "image_encoder", "text_encoder", "decoder")
@@ -30,17 +30,14 @@ def _checkpoint_path(artifact: str | Path) -> Path:
     return path
 
 
-class TorchRuntime:
+class TorchRuntime(RuntimeBase):
     """Runs a project checkpoint (``<prefix>.safetensors`` + ``<prefix>.json``) with PyTorch, eager mode."""
 
     name = "torch"
     install_hint = INSTALL_HINT
 
     def __init__(self) -> None:
-        self.inputs: dict[str, TensorSpec] = {}
-        self.outputs: dict[str, TensorSpec] = {}
-        self.metadata: dict[str, Any] = {}
-        self.artifact: Path | None = None
+        super().__init__()
         self.graph_name = "full"
         self._model: Any = None
         self._module: Any = None
