@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from model import ModelError, closest
-from model.s2rm import make_norm
+from model.s2rm import coordinate_map, make_norm
 
 GUIDE_MERGES = ("concat", "sum")
 
@@ -77,6 +77,30 @@ class CrossScaleGuide(nn.Module):
         return skip * spatial * channel[:, :, None, None]
 
 
+class TextConditionedHead(nn.Module):
+    """Mask logits from a per-sample dynamic 1×1 filter: ⟨P([x; coords]), W s⟩/√D + b(s), [B,1,h,w].
+
+    The filter comes from the sentence, so "red" or "on the left" weighs pixel features and x/y positions directly.
+    Its output projection starts at zero: at initialisation the head adds nothing.
+    """
+
+    def __init__(self, dim: int, lang_channels: int) -> None:
+        super().__init__()
+        self.pixel = nn.Conv2d(dim + 2, dim, 1)
+        self.filter = nn.Linear(lang_channels, dim + 1)
+        nn.init.zeros_(self.filter.weight)
+        nn.init.zeros_(self.filter.bias)
+        self.scale = dim**-0.5
+
+    def forward(self, state: torch.Tensor, sentence: torch.Tensor) -> torch.Tensor:
+        b, _, h, w = state.shape
+        coords = coordinate_map(h, w).to(state).expand(b, -1, -1, -1)  # B, 2, h, w (constant in an exported graph)
+        pixels = self.pixel(torch.cat([state, coords], 1))  # B, D, h, w
+        dyn = self.filter(sentence)  # B, D+1
+        weight, bias = dyn[:, :-1], dyn[:, -1:]
+        return (pixels * weight[:, :, None, None]).sum(1, keepdim=True) * self.scale + bias[:, :, None, None]
+
+
 class CASGDecoder(nn.Module):
     """Top-down decoder over the fused features F1..F4 predicting 1-channel mask logits at stride 4.
 
@@ -89,6 +113,8 @@ class CASGDecoder(nn.Module):
         fuse_convs: 3×3 conv blocks fusing [upsampled state; re-weighted skip] at each step.
         norm: normalisation of the conv blocks.
         reduction: reduction of the channel-attention MLP.
+        text_head: add a sentence-conditioned term to the 1×1 head: ⟨proj([state; x; y]), proj(s)⟩/√D + b(s), so the
+            sentence selects pixels by their features and position directly (not in the seed; see ``ModelSpec``).
     """
 
     def __init__(
@@ -101,6 +127,7 @@ class CASGDecoder(nn.Module):
         fuse_convs: int = 2,
         norm: str = "batch",
         reduction: int = 4,
+        text_head: bool = False,
     ) -> None:
         super().__init__()
         if len(in_channels) != 4 or fuse_convs < 1:
@@ -116,6 +143,7 @@ class CASGDecoder(nn.Module):
         if attention:
             self.guides = nn.ModuleList(CrossScaleGuide(dim, lang_channels, 3 - i, merge, reduction) for i in range(3))
         self.head = nn.Conv2d(dim, 1, 1)
+        self.text_head = TextConditionedHead(dim, lang_channels) if text_head else None
 
     def forward(self, feats: Sequence[torch.Tensor], sentence: torch.Tensor) -> torch.Tensor:
         """Decode F1..F4 (strides 4..32) and ``sentence`` [B,Cl] into mask logits [B,1,H/4,W/4]."""
@@ -127,4 +155,7 @@ class CASGDecoder(nn.Module):
             if self.attention:
                 skip = self.guides[i](skip, up, sentence)
             states.append(self.fuse[i](torch.cat([up[-1], skip], 1)))  # B, D, h_i, w_i
-        return self.head(states[-1])  # B, 1, H/4, W/4
+        logits = self.head(states[-1])  # B, 1, H/4, W/4
+        if self.text_head is not None:
+            logits = logits + self.text_head(states[-1], sentence)
+        return logits

@@ -65,6 +65,7 @@ class ModelSpec:
     decoder_dim: int = 256
     guide_merge: str = "concat"
     decoder_convs: int = 2
+    text_head: bool = False  # sentence-conditioned dynamic 1×1 term in the mask head (not in the seed)
     norm: str = "batch"
     image_mean: tuple[float, ...] = IMAGENET_MEAN
     image_std: tuple[float, ...] = IMAGENET_STD
@@ -162,6 +163,7 @@ class RISModel(nn.Module):
             merge=spec.guide_merge,
             fuse_convs=spec.decoder_convs,
             norm=spec.norm,
+            text_head=spec.text_head,
         )
 
     def _check_image(self, image: torch.Tensor) -> None:

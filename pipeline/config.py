@@ -106,6 +106,7 @@ class ModelConfig(Section):
     shift_steps: int | None = Field(None, ge=0, le=8, description="K of recurrent coparsing; 0 = no cyclic shifts")
     balancing: bool | None = None
     casg_attention: bool | None = None
+    text_head: bool | None = Field(None, description="sentence-conditioned dynamic term in the mask head")
     sentence_pool: Literal["mean", "cls", "attention"] | None = None
     threshold: float = Field(0.5, gt=0.0, lt=1.0, description="sigmoid threshold of the mask")
 
@@ -129,6 +130,12 @@ class TrainConfig(Section):
     grad_clip: float = Field(1.0, ge=0, description="max global grad norm; 0 = no clipping")
     dice_weight: float = Field(1.0, ge=0)
     bce_weight: float = Field(1.0, ge=0)
+    category_weight: float = Field(
+        0.0,
+        ge=0,
+        description="auxiliary loss: per-pixel category cross-entropy on the vision features, from every annotated "
+        "object of the image (instances.json); a training-only head, not exported; 0 = off",
+    )
     eval_every: int = Field(250, ge=1, description="validate every N steps (and after the last step)")
     eval_samples: int = Field(400, ge=1, description="val samples scored per validation (a fixed subset)")
     val_split: str = Field("val", description="split used for validation and best-checkpoint selection")
@@ -171,7 +178,9 @@ class ExportConfig(Section):
     parity_atol: float = Field(1e-4, gt=0, description="FP32 parity above this max |diff| is logged as a warning")
     fp16: bool = Field(True, description="also write full_fp16.onnx (LayerNorm/Softmax/reductions kept FP32)")
     split_graphs: bool = Field(True, description="also export image_encoder, text_encoder, decoder")
-    openvino: bool = Field(True, description="also convert every ONNX to OpenVINO IR FP32")
+    openvino: bool | None = Field(
+        None, description="also convert every ONNX to OpenVINO IR FP32; default: on unless device.backend is tensorrt"
+    )
 
 
 class CalibrateConfig(Section):
@@ -180,7 +189,9 @@ class CalibrateConfig(Section):
 
 
 class QuantConfig(Section):
-    openvino: bool = Field(True, description="OpenVINO INT8 with NNCF")
+    openvino: bool | None = Field(
+        None, description="OpenVINO INT8 with NNCF; default: on unless device.backend is tensorrt"
+    )
     qdq: bool = Field(True, description="TensorRT-bound Q/DQ INT8 ONNX")
     qdq_backend: Literal["auto", "modelopt", "onnxruntime"] = Field(
         "auto", description="auto: modelopt when installed, else onnxruntime"
@@ -246,6 +257,8 @@ class DeviceConfig(Section):
 
 
 class Config(Section):
+    """The whole run configuration; ``section(name)`` gives one section as a plain dict (a stage's cache key)."""
+
     run: RunConfig = Field(default_factory=RunConfig)
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
@@ -270,6 +283,11 @@ class Config(Section):
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json", by_alias=True)
+
+    def openvino_artifacts(self, setting: bool | None) -> bool:
+        """Whether a stage makes OpenVINO artifacts: ``setting`` (``export.openvino``, ``quant.openvino``) when
+        set, else on for every device except a TensorRT one, which has no use for them."""
+        return self.device.backend != "tensorrt" if setting is None else setting
 
     def digest(self, sections: list[str] | None = None) -> str:
         tree = self.to_dict()

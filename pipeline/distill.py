@@ -131,7 +131,7 @@ class DistillObjective(nn.Module):
 
     def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         d = self.dcfg
-        logits = tu.forward_shared_images(self.model, batch)  # B, 1, S/4, S/4
+        logits, _, _ = tu.forward_shared_images(self.model, batch)  # B, 1, S/4, S/4
         task, parts = tu.seg_loss(logits, batch["mask"], self.dice_weight, self.bce_weight)
         inputs = [batch.get(f"teacher_{k}", batch[k]) for k in TEACHER_KEYS]
         with torch.no_grad():

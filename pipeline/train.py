@@ -43,6 +43,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
@@ -80,6 +81,7 @@ def build_model(mcfg: ModelConfig) -> tuple[nn.Module, set[int]]:
         shift_steps=mcfg.shift_steps,
         balancing=mcfg.balancing,
         casg_attention=mcfg.casg_attention,
+        text_head=mcfg.text_head,
         sentence_pool=mcfg.sentence_pool,
     )
     report = load_pretrained(model, mcfg.vision_checkpoint, mcfg.text_dir, mcfg.allow_download)
@@ -88,20 +90,48 @@ def build_model(mcfg: ModelConfig) -> tuple[nn.Module, set[int]]:
 
 
 class SegObjective(nn.Module):
-    """The model plus its Dice + BCE loss: the module the loop optimises (and DDP wraps)."""
+    """The model plus its Dice + BCE loss: the module the loop optimises (and DDP wraps).
 
-    def __init__(self, model: nn.Module, dice_weight: float, bce_weight: float) -> None:
+    With ``category_classes`` (and ``category_weight`` > 0) an auxiliary :class:`~pipeline.trainutil.CategoryHead`
+    on the language-free vision features adds ``category_weight`` × cross-entropy against ``batch["category"]``
+    (per-pixel labels of every annotated object at stride 4), once per distinct image of the batch.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        dice_weight: float,
+        bce_weight: float,
+        category_weight: float = 0.0,
+        category_classes: int = 0,
+    ) -> None:
         super().__init__()
         self.model = model
         self.dice_weight, self.bce_weight = dice_weight, bce_weight
+        self.category_weight = category_weight
+        self.category = _category_head(model, category_weight, category_classes)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        logits = tu.forward_shared_images(self.model, batch)  # B, 1, S/4, S/4
-        return tu.seg_loss(logits, batch["mask"], self.dice_weight, self.bce_weight)
+        logits, feats, firsts = tu.forward_shared_images(self.model, batch)  # B, 1, S/4, S/4
+        loss, parts = tu.seg_loss(logits, batch["mask"], self.dice_weight, self.bce_weight)
+        if self.category is not None:
+            aux = F.cross_entropy(self.category(feats).float(), batch["category"][firsts])
+            loss = loss + self.category_weight * aux
+            parts = parts | {"category": aux.detach()}
+        return loss, parts
 
     def extra_tensors(self) -> dict[str, torch.Tensor]:
-        """Trainable tensors outside the model that a resume needs (none here)."""
-        return {}
+        """Trainable tensors outside the model that a resume needs: the auxiliary category head, if any."""
+        if self.category is None:
+            return {}
+        return {f"category.{k}": v for k, v in self.category.state_dict(keep_vars=True).items()}
+
+
+def _category_head(model: nn.Module, weight: float, classes: int) -> tu.CategoryHead | None:
+    """The auxiliary category head for ``model``'s vision encoder, or None when the loss is off."""
+    if weight <= 0 or classes < 2:
+        return None
+    return tu.CategoryHead(model.vision.channels, classes)
 
 
 @torch.no_grad()
@@ -125,7 +155,8 @@ def evaluate(
             metrics.update(pred, gt, sample_id=sample.sent_id, split=sample.split, kind=sample.kind)
     model.train(was_training)
     result = metrics.result()
-    return {"miou": result["mIoU"], "oiou": result["oIoU"], "n": result["n"]}
+    kinds = {f"miou_{kind}": r["mIoU"] for kind, r in metrics.by_group("kind").items() if kind != "unlabelled"}
+    return {"miou": result["mIoU"], "oiou": result["oIoU"], "n": result["n"]} | kinds
 
 
 class MetricsLog:
@@ -210,9 +241,12 @@ def fit(cfg: Config, data_dir: Path, out: Path, teacher: Path | None = None) -> 
     spec = model.spec
     tokenizer = TextTokenizer.from_dir(spec.text_dir, spec.max_tokens)
     refer = open_dataset(cfg, data_dir)
-    train_set = RISDataset(refer, cfg.data.train_split, tokenizer, spec.img_size)
+    category = tc.category_weight > 0 and teacher is None
+    side = spec.img_size // 4 if category else None  # the stride of V1
+    train_set = RISDataset(refer, cfg.data.train_split, tokenizer, spec.img_size, category_side=side)
     if teacher is None:
-        objective: nn.Module = SegObjective(model, tc.dice_weight, tc.bce_weight)
+        classes = len(refer.categories) + 1  # + background
+        objective: nn.Module = SegObjective(model, tc.dice_weight, tc.bce_weight, tc.category_weight, classes)
     else:
         from pipeline.distill import DistillObjective, with_teacher_inputs
 

@@ -382,28 +382,55 @@ def image_groups(image_ids: Sequence[Any]) -> list[list[int]]:
     return list(groups.values())
 
 
-def forward_shared_images(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+def forward_shared_images(
+    model: nn.Module, batch: dict[str, torch.Tensor]
+) -> tuple[torch.Tensor, tuple[torch.Tensor, ...], torch.Tensor]:
     """Mask logits of a batch, encoding each distinct image once (``batch["image_key"]`` names the image).
 
     Samples of one image (see ``EpochSampler(per_group=k)``) share the image encoder's output; the text encoder, the
     fusion and the decoder run per sample. Without repeats this is exactly ``model(image, input_ids, attention_mask)``.
+
+    Returns:
+        ``(logits, feats, firsts)``: mask logits [B,1,S/4,S/4]; the language-free features V1..V4 of the distinct
+        images; the batch index of each distinct image's first sample (so ``batch[k][firsts]`` lines up with them).
     """
+    device = batch["image"].device
     keys = batch.get("image_key")
-    if keys is None or len(set(keys.tolist())) == len(keys):
-        return model(batch["image"], batch["input_ids"], batch["attention_mask"])
+    key_list = list(range(len(batch["image"]))) if keys is None else keys.tolist()
     position: dict[int, int] = {}  # image key -> its row among the distinct images
     firsts: list[int] = []  # batch index of each distinct image's first sample
-    for i, key in enumerate(keys.tolist()):
+    for i, key in enumerate(key_list):
         if key not in position:
             position[key] = len(firsts)
             firsts.append(i)
-    inverse = [position[key] for key in keys.tolist()]
-    take = torch.tensor(firsts, device=batch["image"].device)
-    feats = model.encode_image(batch["image"][take])
-    index = torch.tensor(inverse, device=batch["image"].device)
-    feats = tuple(f.index_select(0, index) for f in feats)
+    take = torch.tensor(firsts, device=device)
+    distinct = model.encode_image(batch["image"] if len(firsts) == len(key_list) else batch["image"][take])
+    feats = distinct
+    if len(firsts) != len(key_list):
+        index = torch.tensor([position[key] for key in key_list], device=device)
+        feats = tuple(f.index_select(0, index) for f in distinct)
     words, sentence = model.encode_text(batch["input_ids"], batch["attention_mask"])
-    return model.decode(*feats, words, sentence, batch["attention_mask"])
+    return model.decode(*feats, words, sentence, batch["attention_mask"]), distinct, take
+
+
+class CategoryHead(nn.Module):
+    """Auxiliary per-pixel category logits from the language-free features V1..V4 (training only, never exported).
+
+    A 1×1 conv per scale, upsampled to the finest scale and summed: [B, classes, h1, w1]. It gives the from-scratch
+    vision encoder a dense signal from every annotated object of an image, not only from the referent.
+    """
+
+    def __init__(self, channels: Sequence[int], classes: int) -> None:
+        super().__init__()
+        self.heads = nn.ModuleList(nn.Conv2d(c, classes, 1) for c in channels)
+
+    def forward(self, feats: Sequence[torch.Tensor]) -> torch.Tensor:
+        size = tuple(feats[0].shape[-2:])
+        out = [
+            F.interpolate(h(f), size=size, mode="bilinear", align_corners=False)
+            for h, f in zip(self.heads, feats, strict=True)
+        ]
+        return torch.stack(out, 0).sum(0)
 
 
 def dice_loss(logits: torch.Tensor, target: torch.Tensor, smooth: float = 1.0) -> torch.Tensor:

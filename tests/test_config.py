@@ -81,6 +81,16 @@ def test_resolved_config_round_trips(tmp_path):
     assert Config().digest(["data"]) != cfg.digest(["data"])
 
 
+def test_openvino_artifacts_default_off_for_tensorrt_devices_only():
+    jetson = load_config(None, device="jetson-orin-nano")
+    assert not jetson.openvino_artifacts(jetson.export.openvino)
+    assert not jetson.openvino_artifacts(jetson.quant.openvino)
+    x86 = load_config(None, device="x86-cpu")
+    assert x86.openvino_artifacts(x86.export.openvino) and x86.openvino_artifacts(x86.quant.openvino)
+    forced = load_config(None, ["export.openvino=true", "quant.openvino=false"], device="jetson-orin-nano")
+    assert forced.openvino_artifacts(forced.export.openvino) and not forced.openvino_artifacts(forced.quant.openvino)
+
+
 def test_device_profiles_load_and_unknown_device_lists_valid():
     from pipeline.config import device_names
 

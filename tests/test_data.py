@@ -447,6 +447,35 @@ def test_ris_dataset_items_and_eval_iterator(synref, minilm):
         RISDataset(synref, "test", minilm, 32)
 
 
+def test_category_map_labels_every_annotated_object_of_the_image(synref, minilm):
+    sample = synref.samples("val")[0]
+    labels = synref.category_map(sample.image_id)
+    info = synref.images[sample.image_id]
+    assert labels.shape == (info["height"], info["width"]) and labels.dtype == np.uint16
+    anns = [a for a in synref.anns.values() if a["image_id"] == sample.image_id]
+    assert len(anns) >= 3
+    for ann in anns:  # SynRef masks are the visible pixels: they do not overlap
+        want = synref.category_ids.index(ann["category_id"]) + 1
+        assert (labels[synref.mask(ann["id"])] == want).all()
+    covered = np.any([synref.mask(a["id"]) for a in anns], axis=0)
+    assert (labels[~covered] == 0).all() and labels.max() <= len(synref.categories)
+    item = RISDataset(synref, "val", minilm, 32, limit=1, category_side=8)[0]
+    assert item["category"].shape == (8, 8) and item["category"].dtype == np.int64
+    assert set(np.unique(item["category"])) <= set(np.unique(labels).tolist())
+    assert "category" not in RISDataset(synref, "val", minilm, 32, limit=1)[0]
+
+
+def test_category_map_names_an_unknown_category(synref):
+    import copy
+
+    broken = copy.copy(synref)
+    ann_id = next(iter(synref.anns))
+    broken.anns = dict(synref.anns) | {ann_id: synref.anns[ann_id] | {"category_id": 999}}
+    broken._anns_by_image = None
+    with pytest.raises(DataError, match="category_id 999"):
+        broken.category_map(synref.anns[ann_id]["image_id"])
+
+
 def test_ris_dataset_collates_with_torch(synref, minilm):
     torch = pytest.importorskip("torch")
     batch = next(iter(torch.utils.data.DataLoader(RISDataset(synref, "train", minilm, 32, limit=4), batch_size=4)))

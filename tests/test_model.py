@@ -204,6 +204,28 @@ def test_coordinate_channels_are_constant_buffers_that_make_the_output_position_
     assert torch.isfinite(logits).all() and all(p.grad is not None for p in coord.parameters())
 
 
+def test_text_head_starts_silent_then_selects_pixels_by_sentence_and_position() -> None:
+    torch.manual_seed(0)
+    plain = create_model("tiny").eval()
+    headed = create_model("tiny", text_head=True).eval()
+    missing = headed.load_state_dict(plain.state_dict(), strict=False).missing_keys
+    assert missing and all(k.startswith("decoder.text_head.") for k in missing)
+    args = inputs(headed)
+    with torch.no_grad():  # zero-initialised filter: the head adds nothing until it trains
+        torch.testing.assert_close(headed(*args), plain(*args), rtol=0, atol=0)
+        torch.nn.init.normal_(headed.decoder.text_head.filter.weight, std=0.5)
+        a = headed(*args)
+        other = args[1].clone()
+        other[:, 1] = 2000 + (other[:, 1] + 1) % 1000  # another word: another filter
+        b = headed(args[0], other, args[2])
+    assert (a - b).abs().max() > 1e-4
+    head = headed.decoder.text_head
+    assert head.pixel.in_channels == headed.spec.decoder_dim + 2  # features + x/y coordinates
+    logits = headed.train()(*args)
+    logits.mean().backward()
+    assert all(p.grad is not None for p in head.parameters())
+
+
 def test_other_timm_backbone_with_four_scales() -> None:
     model = create_model("tiny", vision="resnet10t", vision_kwargs={}).eval()
     assert model.vision.channels == (64, 128, 256, 512) and not model.vision.nhwc

@@ -124,6 +124,19 @@ def test_onnx_split_graphs_compose_to_the_full_graph(exported: dict) -> None:
     assert float(np.abs(full - split).max()) <= 1e-5
 
 
+def test_text_head_exports_and_matches_pytorch(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = create_model("tiny", text_head=True).eval()
+    torch.nn.init.normal_(model.decoder.text_head.filter.weight, std=0.5)  # not the silent initial head
+    graph = graph_specs(model)["full"]
+    export(graph, tmp_path / "head.onnx", True, 18)
+    inputs = graph.example_inputs(seed=2, pad_from=4)
+    with torch.inference_mode():
+        want = graph.module(*inputs).numpy()
+    got = run_ort(tmp_path / "head.onnx", {n: t.numpy() for n, t in zip(graph.input_names, inputs, strict=True)})[0]
+    assert float(np.abs(got - want).max()) <= 1e-4
+
+
 def test_onnx_graph_ignores_padded_tokens(exported: dict) -> None:
     graph, path, _ = exported_graphs(exported, "tiny", "dynamo")["full"]
     image, input_ids, attention_mask = (t.numpy() for t in graph.example_inputs(seed=4, pad_from=4))

@@ -169,9 +169,13 @@ def test_shared_image_forward_equals_the_plain_forward(one_torch_thread):
         "image_key": torch.tensor([7, 3, 7, 7]),
     }
     with torch.no_grad():
-        shared = tu.forward_shared_images(model, batch)
+        shared, distinct, firsts = tu.forward_shared_images(model, batch)
         plain = model(batch["image"], batch["input_ids"], batch["attention_mask"])
+        feats = model.encode_image(images[[0, 1]])
     torch.testing.assert_close(shared, plain, rtol=0, atol=1e-5)
+    assert firsts.tolist() == [0, 1]  # image 7 first seen at row 0, image 3 at row 1
+    for got, want in zip(distinct, feats, strict=True):
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-6)
 
 
 def test_seg_loss_is_a_per_sample_mean_and_rewards_the_right_mask():
@@ -216,6 +220,19 @@ def test_fit_writes_best_last_curve_and_figures(tmp_path, data_dir):
     state = json.loads((out / "last" / "state.json").read_text())
     assert state["step"] == 4 and set(state["files"]) == {"model.safetensors", "model.json", "optim.pt"}
     torch.load(out / "last" / "optim.pt", weights_only=True)  # plain tensors and containers only
+
+
+def test_category_loss_trains_a_head_that_resume_keeps_and_the_model_does_not_carry(tmp_path, data_dir):
+    _, cfg = write_config(tmp_path, category_weight=1.0, expressions_per_image=2)
+    fit(cfg, data_dir, tmp_path / "out")
+    rows = [json.loads(r) for r in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
+    losses = [r["loss_category"] for r in rows if "loss_category" in r]
+    assert len(losses) == 4 and all(np.isfinite(losses)) and losses[0] > 0
+    extra = load_file(str(tmp_path / "out" / "last" / "extra.safetensors"))
+    assert extra and all(k.startswith("category.heads.") for k in extra)
+    classes = len(json.loads((data_dir / "synref" / "instances.json").read_text())["categories"]) + 1
+    assert extra["category.heads.0.weight"].shape[0] == classes
+    assert not any("category" in k for k in weights(tmp_path / "out"))  # training-only: not in the model
 
 
 @pytest.mark.parametrize("per_image", [1, 2], ids=["plain", "2-expressions-per-image"])

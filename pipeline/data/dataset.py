@@ -59,14 +59,23 @@ class RISDataset:
         tokenizer: fixed-length tokenizer (its ``stats`` count the truncated sentences).
         size: square input side S.
         limit: keep at most this many samples (spread evenly).
+        category_side: also return ``category``, the image's per-pixel category labels (every annotated object,
+            :meth:`ReferDataset.category_map`) resized to this side, for the auxiliary category loss; None: not.
     """
 
     def __init__(
-        self, refer: ReferDataset, split: str, tokenizer: TextTokenizer, size: int, limit: int | None = None
+        self,
+        refer: ReferDataset,
+        split: str,
+        tokenizer: TextTokenizer,
+        size: int,
+        limit: int | None = None,
+        category_side: int | None = None,
     ) -> None:
         self.refer = refer
         self.split = split
         self.size = size
+        self.category_side = category_side
         self.samples = select(refer.samples(split), limit)
         tokens = tokenizer([s.text for s in self.samples])
         self.input_ids = tokens["input_ids"]  # B, N int64
@@ -76,11 +85,16 @@ class RISDataset:
         return len(self.samples)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        """``image`` float32 [3, S, S], ``input_ids``/``attention_mask`` int64 [N], ``mask`` float32 [1, S, S]."""
+        """``image`` float32 [3, S, S], ``input_ids``/``attention_mask`` int64 [N], ``mask`` float32 [1, S, S]
+        (and ``category`` int64 [side, side] with ``category_side``)."""
         sample = self.samples[index]
         image = preprocess_image(self.refer.image(sample.image_id), self.size)
         target = resize_mask(self.refer.mask(sample.ann_id), self.size)
-        return {
+        extra = {}
+        if self.category_side is not None:
+            labels = resize_mask(self.refer.category_map(sample.image_id), self.category_side)
+            extra["category"] = labels.astype(np.int64)
+        return extra | {
             "image": image,
             "input_ids": self.input_ids[index],
             "attention_mask": self.attention_mask[index],

@@ -191,6 +191,7 @@ class ReferDataset:
     categories: dict[int, str]
     refs: dict[int, dict[str, Any]]
     _samples: dict[str, list[Sample]] = field(default_factory=dict, repr=False)
+    _anns_by_image: dict[int, list[int]] | None = field(default=None, repr=False)
 
     @property
     def splits(self) -> list[str]:
@@ -249,6 +250,35 @@ class ReferDataset:
                 "mask: its segmentation covers no pixel; fix or drop the annotation and the refs that use it"
             )
         return mask
+
+    @property
+    def category_ids(self) -> list[int]:
+        """Category ids in ascending order; label ``k + 1`` of :meth:`category_map` is ``category_ids[k]``."""
+        return sorted(self.categories)
+
+    def category_map(self, image_id: int) -> np.ndarray:
+        """Per-pixel category labels ``[H, W]`` uint16 of every annotated object of an image (0 = no object).
+
+        Label ``k + 1`` is the k-th of :attr:`category_ids`. Where annotations overlap, the later one in
+        ``instances.json`` wins (COCO crowd regions included). Annotations without a pixel are skipped here.
+        """
+        info = self._image(image_id)
+        if self._anns_by_image is None:
+            index: dict[int, list[int]] = {}
+            for ann_id, ann in self.anns.items():
+                index.setdefault(ann["image_id"], []).append(ann_id)
+            self._anns_by_image = index
+        labels = {cat: k + 1 for k, cat in enumerate(self.category_ids)}
+        out = np.zeros((info["height"], info["width"]), np.uint16)
+        for ann_id in self._anns_by_image.get(image_id, []):
+            ann = self.anns[ann_id]
+            if ann["category_id"] not in labels:
+                raise DataError(
+                    f"annotation {ann_id} of {self.name} has category_id {ann['category_id']}, which is not in "
+                    f"instances.json's categories ({len(labels)} of them)"
+                )
+            out[annotation_mask(ann, info["height"], info["width"])] = labels[ann["category_id"]]
+        return out
 
     def counts(self) -> dict[str, Any]:
         """Images, refs and sentences per split (and sentences per kind where sentences carry one)."""

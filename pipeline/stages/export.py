@@ -165,7 +165,7 @@ def run_export(ctx: StageContext) -> dict[str, Any]:
         }
 
     # 3. OpenVINO IR FP32 from the ONNX (keeps input names); compiled with f32 precision for the parity check
-    if cfg.export.openvino:
+    if cfg.openvino_artifacts(cfg.export.openvino):
         ov_rt = get_runtime("openvino")
         for name, graph in graphs.items():
             xml = export_openvino(ctx.out / f"{name}.onnx", ctx.out / f"{name}.xml")

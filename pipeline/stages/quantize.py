@@ -103,7 +103,7 @@ def run_quantize(ctx: StageContext) -> dict[str, Any]:
     figures["reference_miou_onnxruntime"] = ref_miou
 
     # 3a. OpenVINO INT8 (NNCF, transformer model type; accuracy control aiming at the target drop when asked)
-    if q.openvino:
+    if cfg.openvino_artifacts(q.openvino):
         from quantize.openvino_int8 import quantize_openvino_int8
 
         ov_fp32 = get_runtime("openvino").load(fp32_xml, threads=threads)
