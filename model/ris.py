@@ -421,6 +421,7 @@ def demo() -> ModelSpec:
         decoder_dim=48,
         decoder_convs=1,
         coord_features=True,  # location words ("on the left") need absolute positions, which Swin does not encode
+        text_head=True,  # the sentence weighs pixel features and positions directly: faster grounding on a CPU budget
     )
 
 
