@@ -257,7 +257,7 @@ def test_stages_end_to_end_on_tiny(tmp_path):
 
     small = ["data.synref.images={train: 4, val: 4, testA: 3, testB: 3}", "data.synref.min_side=96",
              "data.synref.max_side=128", "model.variant=tiny", "validate.max_samples=8", "validate.bootstrap=200",
-             "bench.runs=3", "bench.warmup=1", "bench.threads=1"]  # fmt: skip
+             "bench.runs=3", "bench.warmup=1", "bench.threads=1", "bench.expressions=[1,4,8]"]  # fmt: skip
     cfg = load_config("configs/demo.yaml", [f"run.root={tmp_path}", "run.name=t", *small])
     Runner(cfg).run(["data"])
     run = tmp_path / "t"
