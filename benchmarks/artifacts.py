@@ -106,12 +106,16 @@ def _engine_row(build: Path | None, precision: str) -> Artifact:
     return row
 
 
-def find_artifacts(upstream: dict[str, Path], device_precision: str = "int8") -> list[Artifact]:
+def find_artifacts(
+    upstream: dict[str, Path], device_precision: str = "int8", openvino_made: bool = True
+) -> list[Artifact]:
     """Every artifact of a run, reference first, from the finished upstream stages' folders.
 
     Args:
         upstream: Stage name → output folder (``StageContext.upstream_dirs``); ``train``, ``export``, ``quantize``
             and ``build`` are read when present.
+        openvino_made: False when the config does not make OpenVINO artifacts (a TensorRT device by default): their
+            rows then say so instead of "not produced".
         device_precision: The engine precision the device profile asks for (names the TensorRT row when no engine
             exists to say it).
 
@@ -137,7 +141,12 @@ def find_artifacts(upstream: dict[str, Path], device_precision: str = "int8") ->
                  _existing(quant / "full_int8.xml") if quant else None, gated=True, size_reference="openvino-fp32"),
     ]  # fmt: skip
     for row in rows:
-        if row.path is None and row.status is None:
+        if row.path is None and row.status is None and row.runtime == "openvino" and not openvino_made:
+            row.status = (
+                "unavailable: not made for this device (a TensorRT target; export.openvino=true and "
+                "quant.openvino=true add OpenVINO artifacts)"
+            )
+        elif row.path is None and row.status is None:
             row.status = f"unavailable: not produced by this run (its stage is disabled or did not write {row.name})"
     rows.append(_engine_row(build, device_precision))
     return rows

@@ -181,6 +181,11 @@ def test_find_artifacts_lists_every_row_with_a_status(tmp_path):
     assert trt.status.startswith("unavailable: ") and trt.runtime == "tensorrt"
     with pytest.raises(RuntimeUnavailable):
         load_artifact(trt)
+    (tmp_path / "export" / "full.xml").unlink()
+    jetson = {a.name: a for a in find_artifacts({"export": tmp_path / "export"}, openvino_made=False)}
+    assert "not made for this device" in jetson["openvino-fp32"].status
+    assert "not made for this device" in jetson["openvino-int8"].status
+    assert jetson["onnxruntime-int8"].status.startswith("unavailable: not produced")
 
 
 # ---------------------------------------------------------------------------------------------------------------------

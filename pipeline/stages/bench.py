@@ -101,7 +101,7 @@ def run_bench(ctx: StageContext) -> dict[str, Any]:
     log.info("bench: %s", describe_machine(machine))
 
     # 1. artifacts, runtimes, inputs
-    arts = find_artifacts(ctx.upstream_dirs, cfg.device.precision)
+    arts = find_artifacts(ctx.upstream_dirs, cfg.device.precision, cfg.openvino_artifacts(cfg.export.openvino))
     statuses = {a.name: a.status for a in arts if a.status}
     loaded: dict[str, Any] = {}
     for art in arts:

@@ -66,7 +66,7 @@ def run_validate(ctx: StageContext) -> dict[str, Any]:
     budget, gate_on = cfg.quant.budget_miou, cfg.validate_.gate_on
 
     # 1. artifacts and their runtimes; what cannot load becomes a row with a status
-    arts = find_artifacts(ctx.upstream_dirs, cfg.device.precision)
+    arts = find_artifacts(ctx.upstream_dirs, cfg.device.precision, cfg.openvino_artifacts(cfg.export.openvino))
     statuses: dict[str, str] = {a.name: a.status for a in arts if a.status}
     loaded: dict[str, Any] = {}
     for art in arts:
