@@ -92,7 +92,7 @@ def build_model(mcfg: ModelConfig) -> tuple[nn.Module, set[int]]:
 class SegObjective(nn.Module):
     """The model plus its Dice + BCE loss: the module the loop optimises (and DDP wraps).
 
-    With ``category_classes`` (and ``category_weight`` > 0) an auxiliary :class:`~pipeline.trainutil.CategoryHead`
+    With ``category_weight`` > 0 an auxiliary :class:`~pipeline.trainutil.CategoryHead`
     on the language-free vision features adds ``category_weight`` × cross-entropy against ``batch["category"]``
     (per-pixel labels of every annotated object at stride 4), once per distinct image of the batch.
     """
@@ -109,7 +109,7 @@ class SegObjective(nn.Module):
         self.model = model
         self.dice_weight, self.bce_weight = dice_weight, bce_weight
         self.category_weight = category_weight
-        self.category = _category_head(model, category_weight, category_classes)
+        self.category = tu.CategoryHead(model.vision.channels, category_classes) if category_weight > 0 else None
 
     def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         logits, feats, firsts = tu.forward_shared_images(self.model, batch)  # B, 1, S/4, S/4
@@ -125,13 +125,6 @@ class SegObjective(nn.Module):
         if self.category is None:
             return {}
         return {f"category.{k}": v for k, v in self.category.state_dict(keep_vars=True).items()}
-
-
-def _category_head(model: nn.Module, weight: float, classes: int) -> tu.CategoryHead | None:
-    """The auxiliary category head for ``model``'s vision encoder, or None when the loss is off."""
-    if weight <= 0 or classes < 2:
-        return None
-    return tu.CategoryHead(model.vision.channels, classes)
 
 
 @torch.no_grad()
