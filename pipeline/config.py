@@ -142,7 +142,9 @@ class TrainConfig(Section):
     checkpoint_every: int = Field(100, ge=1, description="write the resumable `last` state every N steps")
     log_every: int = Field(10, ge=1, description="metrics.jsonl / TensorBoard row every N steps")
     best_metric: Literal["miou", "oiou"] = "miou"
-    amp: Literal["auto", "bf16", "fp16", "off"] = Field("auto", description="CUDA only; auto = bf16 if supported")
+    amp: Literal["auto", "bf16", "fp16", "off"] = Field(
+        "auto", description="autocast: on CUDA auto = bf16 if supported, else fp16; on CPU auto = off, bf16 opts in"
+    )
     num_workers: int = Field(2, ge=0)
     freeze_text: bool = False
     dropout: float | None = Field(None, ge=0, lt=1, description="set p of every nn.Dropout; default: the model's")

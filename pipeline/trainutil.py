@@ -359,9 +359,19 @@ def lr_factor(step: int, total: int, warmup: int, power: float) -> float:
 
 
 def autocast_dtype(mode: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype for ``train.amp``: None (float32) on CPU or when off; bf16 when supported under auto."""
-    if device.type != "cuda" or mode == "off":
+    """The autocast dtype for ``train.amp``; None means float32.
+
+    CUDA: ``auto`` is bf16 where supported, else fp16 (with a GradScaler). CPU: ``auto`` stays float32 and ``bf16``
+    opts in (matrix units such as AMX run it faster; the loss stays float32); fp16 autocast is not offered on CPU.
+    """
+    if mode == "off":
         return None
+    if device.type != "cuda":
+        if mode == "fp16":
+            raise ConfigError(
+                f"train.amp 'fp16' needs a CUDA device (this run is on {device.type}); use 'bf16' or 'off'"
+            )
+        return torch.bfloat16 if mode == "bf16" else None
     if mode == "auto":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return {"bf16": torch.bfloat16, "fp16": torch.float16}[mode]

@@ -117,6 +117,14 @@ def test_param_groups_no_decay_on_norms_biases_position_tables_and_encoder_lr():
     assert {id(p) for g in groups if g["name"].startswith("encoder") for p in g["params"]} == text_ids
 
 
+def test_autocast_on_cpu_is_opt_in_bf16_and_refuses_fp16():
+    cpu = torch.device("cpu")
+    assert tu.autocast_dtype("auto", cpu) is None and tu.autocast_dtype("off", cpu) is None
+    assert tu.autocast_dtype("bf16", cpu) == torch.bfloat16
+    with pytest.raises(ConfigError, match=r"train.amp 'fp16' needs a CUDA device \(this run is on cpu\).*'bf16'"):
+        tu.autocast_dtype("fp16", cpu)
+
+
 def test_epoch_sampler_order_is_a_function_of_seed_and_epoch_and_shards_the_global_batch():
     one = tu.EpochSampler(23, global_batch=6, seed=3)
     assert one.batches_per_epoch == 3 and len(one) == 18
@@ -220,6 +228,23 @@ def test_fit_writes_best_last_curve_and_figures(tmp_path, data_dir):
     state = json.loads((out / "last" / "state.json").read_text())
     assert state["step"] == 4 and set(state["files"]) == {"model.safetensors", "model.json", "optim.pt"}
     torch.load(out / "last" / "optim.pt", weights_only=True)  # plain tensors and containers only
+
+
+def test_bf16_autocast_on_cpu_trains_with_a_frozen_text_encoder(tmp_path, data_dir, caplog):
+    _, cfg = write_config(tmp_path, amp="bf16", freeze_text=True)
+    with caplog.at_level("INFO", logger="pipeline.train"):
+        figures = fit(cfg, data_dir, tmp_path / "out")
+    assert "autocast torch.bfloat16" in caplog.text
+    rows = [json.loads(r) for r in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
+    assert len([r for r in rows if "loss" in r]) == 4 and all(np.isfinite(r["loss"]) for r in rows if "loss" in r)
+    assert 0 <= figures["best_val_miou"] <= 1
+    saved = weights(tmp_path / "out")
+    # autocast computes in bf16; the weights stay float32
+    assert all(v.dtype == torch.float32 for v in saved.values() if v.is_floating_point())
+    tu.seed_everything(cfg.train.seed, cfg.train.deterministic)  # the random init fit() started from
+    model, _ = build_model(cfg.model)
+    text = {k: v for k, v in saved.items() if k.startswith("text.body.")}
+    assert text and all(torch.equal(v, model.state_dict()[k]) for k, v in text.items())  # frozen: as built
 
 
 def test_category_loss_trains_a_head_that_resume_keeps_and_the_model_does_not_carry(tmp_path, data_dir):
