@@ -230,7 +230,9 @@ def fit(cfg: Config, data_dir: Path, out: Path, teacher: Path | None = None) -> 
     model, pretrained = build_model(cfg.model)
     tu.set_dropout(model, tc.dropout, tc.drop_path)
     if tc.freeze_text:
-        model.text.body.requires_grad_(False)  # the pretrained encoder; a learned sentence pooling still trains
+        # the pretrained encoder; a learned sentence pooling still trains. Its dropout stays on (train mode): the demo
+        # recipe measured 0.43 val mIoU with it, 0.32 with the encoder in eval mode (seed 0; README, Demo accuracy)
+        model.text.body.requires_grad_(False)
     spec = model.spec
     tokenizer = TextTokenizer.from_dir(spec.text_dir, spec.max_tokens)
     refer = open_dataset(cfg, data_dir)
