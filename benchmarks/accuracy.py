@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,7 +39,11 @@ class SampleMeta:
 
 
 def eval_samples(
-    refer: Any, splits: Sequence[str], processing: Processing, limit: int | None = None
+    refer: Any,
+    splits: Sequence[str],
+    processing: Processing,
+    limit: int | None = None,
+    exclude: Collection[str] = (),
 ) -> Iterator[tuple[dict[str, np.ndarray], np.ndarray, SampleMeta]]:
     """Evaluation samples of several splits through the deploy pre-processing, one (referent, sentence) at a time.
 
@@ -48,15 +52,19 @@ def eval_samples(
         splits: Evaluation splits, in order.
         processing: The artifact's pre-processing (image size, normalization, tokenizer).
         limit: At most this many samples per split, spread evenly (``pipeline.data.dataset.select``).
+        exclude: sample ids (``split:ref_id:sent_id``) left out before the selection, e.g. the samples the INT8
+            fallback was tuned on: a gate measured on them would be optimistic.
 
     Yields:
         ``(inputs, gt, meta)``: named batch-1 inputs, the bool ground truth at the ORIGINAL size, the sample's meta.
     """
     from pipeline.data.dataset import select
 
+    exclude = set(exclude)
     for split in splits:
         last_id, image = None, None
-        for sample in select(refer.samples(split), limit):
+        kept = [s for s in refer.samples(split) if f"{split}:{s.ref_id}:{s.sent_id}" not in exclude]
+        for sample in select(kept, limit):
             if sample.image_id != last_id:  # sentences of one image share its encoding
                 image = processing.image(refer.image(sample.image_id))
                 last_id = sample.image_id

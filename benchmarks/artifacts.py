@@ -112,8 +112,8 @@ def find_artifacts(
     """Every artifact of a run, reference first, from the finished upstream stages' folders.
 
     Args:
-        upstream: Stage name → output folder (``StageContext.upstream_dirs``); ``train``, ``export``, ``quantize``
-            and ``build`` are read when present.
+        upstream: Stage name → output folder (``StageContext.upstream_dirs``); ``train`` (or ``distill``),
+            ``export``, ``quantize`` and ``build`` are read when present.
         openvino_made: False when the config does not make OpenVINO artifacts (a TensorRT device by default): their
             rows then say so instead of "not produced".
         device_precision: The engine precision the device profile asks for (names the TensorRT row when no engine
@@ -122,7 +122,8 @@ def find_artifacts(
     Returns:
         Rows in report order: PyTorch FP32, ONNX Runtime FP32 and INT8, OpenVINO FP32 and INT8, TensorRT.
     """
-    train, export = upstream.get("train"), upstream.get("export")
+    # the PyTorch reference is the model export started from: the distilled student when distill ran
+    train, export = upstream.get("distill") or upstream.get("train"), upstream.get("export")
     quant, build = upstream.get("quantize"), upstream.get("build")
     rows = [
         Artifact(REFERENCE, "PyTorch FP32 (eager)", "torch", "fp32",

@@ -1,11 +1,24 @@
-"""Latency benchmarks: interleaved timing with ``perf_counter``, percentiles, split-graph cost, peak RSS, machine info.
+"""Latency benchmarks: per-artifact worker processes timed in alternating blocks, percentiles, split-graph cost,
+peak RSS, machine info.
 
-Usage: ``times = time_interleaved({"ort": lambda: rt.infer(x)}, warmup=5, runs=50); summarize(times["ort"])``.
+Usage::
 
-Why interleaved: timing artifact A for 50 runs and then artifact B for 50 runs lets thermal state, frequency scaling
-and other processes on a shared host bias one of them. Here every round runs each artifact once, in an order rotated
-per round, so slow phases of the machine hit every artifact alike. Warm-up runs (first-call allocation, lazy
-compilation, caches) are discarded. Latency is batch 1; throughput is ``1000 / mean_ms`` frames per second.
+    workers = {"onnxruntime-fp32": Worker(artifact_worker, ("onnxruntime", "full.onnx", "inputs.npz"))}
+    times, errors, info = time_isolated(workers, warmup=5, runs=50, threads=2)
+    summarize(times["onnxruntime-fp32"])
+
+Why a process per artifact: ONNX Runtime's and OpenVINO's thread pools keep working (spinning) after a call returns,
+so in one process holding several runtimes each call slows whichever runtime runs next, unevenly (measured on the
+demo artifacts: ONNX Runtime FP32 28.6 ms alone, 42.3 ms interleaved with OpenVINO and the INT8 graph in one process).
+:func:`time_isolated` loads every artifact in its own spawned worker, with the same explicit thread count and the
+runtime options of :data:`BENCH_OPTIONS`, and never runs two workers at once.
+
+Why alternating blocks: timing artifact A for 50 runs and then artifact B for 50 runs lets thermal state, frequency
+scaling and other processes on a shared host bias one of them. Workers take turns (a block of ``block`` timed calls
+each, in an order rotated per round), so slow phases of the machine hit every artifact alike. Warm-up calls
+(first-call allocation, lazy compilation, caches) run in each worker once it has loaded and are discarded. Latency is
+batch 1; throughput is ``1000 / mean_ms`` frames per second. :func:`time_interleaved` times callables that share one
+process (pre- and post-processing; quick comparisons of one runtime's artifacts).
 
 Peak RSS is measured per artifact in a fresh subprocess (``python -m benchmarks.latency rss ...``): in one process
 that holds every runtime the peak belongs to all of them at once. The subprocess imports only the artifact's runtime,
@@ -15,7 +28,10 @@ so an ONNX Runtime row does not pay for torch.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import math
+import multiprocessing
 import os
 import platform
 import resource
@@ -23,7 +39,9 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from importlib import metadata
+from multiprocessing.connection import wait
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +66,21 @@ ARM_FLAGS = ("asimd", "asimddp", "asimdhp", "fphp", "sve", "sve2", "i8mm", "bf16
 INT8_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8", "asimddp", "i8mm")
 LIBRARIES = ("numpy", "onnxruntime", "onnxruntime-gpu", "openvino", "torch", "tensorrt", "nncf", "onnx", "tokenizers")
 THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "OV_CPU_THREADS_NUM")
+
+# Runtime options of every timed artifact (``load(..., options=...)``), recorded with the results. ONNX Runtime's
+# threads spin while a call runs (its default) and stop as soon as it returns, so an idle session takes no CPU from
+# the next worker; OpenVINO does not pin its threads to cores, like ONNX Runtime (explicit thread count) and torch,
+# so no runtime holds threads on cores another job of a shared host is using.
+BENCH_OPTIONS: dict[str, dict[str, Any]] = {
+    "onnxruntime": {
+        "session.intra_op.allow_spinning": "1",
+        "session.inter_op.allow_spinning": "1",
+        "session.force_spinning_stop": "1",
+    },
+    "openvino": {"ENABLE_CPU_PINNING": False},
+}
+BLOCK = 5  # timed calls per worker turn
+ISOLATION = "process per artifact"
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -96,15 +129,19 @@ def cpu_info(cpuinfo_text: str | None = None) -> dict[str, Any]:
     if not model:
         model = platform.processor() or platform.machine()
     known = [f for f in (*X86_FLAGS, *ARM_FLAGS) if f in flags]
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return {
         "model": model,
         "logical_cores": os.cpu_count(),
         "physical_cores": len(cores) or None,
-        "usable_cores": usable,
+        "usable_cores": usable_cores(),
         "flags": known,
         "int8_hardware": [f for f in INT8_FLAGS if f in flags],
     }
+
+
+def usable_cores() -> int:
+    """Cores this process may run on (its affinity mask, e.g. a container's CPU set), the benchmark's thread count."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def jetson_info() -> dict[str, Any] | None:
@@ -121,11 +158,12 @@ def jetson_info() -> dict[str, Any] | None:
     return {"l4t": release.splitlines()[0], "model": model, "power_mode": power}
 
 
-def machine_info(threads: int | None = None) -> dict[str, Any]:
+def machine_info(threads: int | None = None, isolation: str | None = None) -> dict[str, Any]:
     """Everything a reader needs to know which machine a latency figure belongs to.
 
     Args:
         threads: The thread count the benchmark asked each runtime for (None: the runtime's default).
+        isolation: How the timed artifacts were kept apart (:data:`ISOLATION`; None: not recorded).
 
     Returns:
         JSON-ready dict: cpu (model, cores, flags), memory, OS, Python, library versions, thread settings, Jetson.
@@ -142,7 +180,11 @@ def machine_info(threads: int | None = None) -> dict[str, Any]:
         "machine": platform.machine(),
         "python": platform.python_version(),
         "libraries": {name: v for name in LIBRARIES if (v := _version(name))},
-        "threads": {"requested": threads, **{k: os.environ[k] for k in THREAD_ENV if k in os.environ}},
+        "threads": {
+            "requested": threads,
+            "isolation": isolation,
+            **{k: os.environ[k] for k in THREAD_ENV if k in os.environ},
+        },
         "cpu_governor": governor,
         "load_average": [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None,
         "jetson": jetson_info(),
@@ -150,10 +192,16 @@ def machine_info(threads: int | None = None) -> dict[str, Any]:
 
 
 def describe_machine(info: dict[str, Any]) -> str:
-    """One line naming the machine, e.g. ``Intel Xeon (2 cores; avx2 avx512_vnni amx_int8), 24 GB, 2 threads``."""
+    """One line naming the machine, e.g. ``Intel Xeon (2 cores; avx2 avx512_vnni amx_int8), 24 GB, threads: 2``.
+
+    The thread entry also names the isolation when recorded: ``threads: 2 per runtime, process per artifact``.
+    """
     cpu = info.get("cpu", {})
     flags = " ".join(f for f in cpu.get("flags", []) if f in ("avx2", "avx512f", *INT8_FLAGS, "amx_bf16")) or "none"
-    threads = info.get("threads", {}).get("requested") or "default"
+    thread_info = info.get("threads", {})
+    threads = thread_info.get("requested") or "default"
+    if thread_info.get("isolation"):
+        threads = f"{threads} per runtime, {thread_info['isolation']}"
     jetson = info.get("jetson")
     where = f"{jetson['model']} ({jetson['l4t']}), " if jetson else ""
     load = info.get("load_average")
@@ -198,6 +246,9 @@ def time_interleaved(
 ) -> tuple[dict[str, list[float]], dict[str, str]]:
     """Warm up each callable, then time ``runs`` rounds in which every callable runs once, order rotated per round.
 
+    All callables share this process: use it for code without a thread pool of its own (pre- and post-processing)
+    or for artifacts of one runtime; different runtimes go through :func:`time_isolated`.
+
     Args:
         fns: Name → zero-argument callable doing one batch-1 inference.
         warmup: Untimed calls per callable before timing.
@@ -228,6 +279,252 @@ def time_interleaved(
             except Exception as exc:
                 errors[name] = f"{type(exc).__name__}: {exc}"
     return times, errors
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Timing in one worker process per artifact
+# ---------------------------------------------------------------------------------------------------------------------
+
+Fns = dict[str, Callable[[], Any]]
+
+
+@dataclass(frozen=True)
+class Worker:
+    """How one worker process builds what it times.
+
+    Attributes:
+        factory: Module-level function (the spawned worker imports it) called there as
+            ``factory(*args, threads=threads)``; returns ``(callables, info)``: name → zero-argument callable doing one
+            batch-1 inference, and a JSON-ready dict the worker reports back (runtime settings, statuses). The
+            callable named ``full`` is reported under the worker's own name, any other as ``<worker>/<name>``.
+        args: Picklable positional arguments of ``factory``.
+    """
+
+    factory: Callable[..., tuple[Fns, dict[str, Any]]]
+    args: tuple[Any, ...] = ()
+
+
+class WorkerError(RuntimeError):
+    """A worker process failed, died or stopped answering; the message names the worker."""
+
+
+def load_timed(
+    runtime: str, path: str | Path, device: str = "CPU", threads: int | None = None, graph: str = "full"
+) -> Any:
+    """Load one artifact the way the benchmark times it: ``threads`` and the options of :data:`BENCH_OPTIONS`.
+
+    Raises:
+        RuntimeUnavailable: the backend is not installed here.
+        ArtifactError: the file is missing or corrupt.
+    """
+    from pipeline.errors import RuntimeUnavailable
+    from runtimes import get_runtime
+
+    rt = get_runtime(runtime)
+    if not rt.is_available():
+        raise RuntimeUnavailable(f"{runtime} is not installed here; {rt.install_hint}")
+    kwargs: dict[str, Any] = {"device": device, "threads": threads}
+    if runtime == "torch":
+        kwargs["graph"] = graph
+    if runtime in BENCH_OPTIONS:
+        kwargs["options"] = BENCH_OPTIONS[runtime]
+    return rt.load(path, **kwargs)
+
+
+def artifact_worker(
+    runtime: str, path: str | Path, inputs: str | Path | dict[str, np.ndarray], device: str = "CPU", *, threads: int
+) -> tuple[Fns, dict[str, Any]]:
+    """:class:`Worker` factory timing one artifact's full graph on one batch-1 input (an ``.npz`` or a dict)."""
+    rt = load_timed(runtime, path, device, threads)
+    if isinstance(inputs, dict):
+        feeds = inputs
+    else:
+        with np.load(inputs) as data:
+            feeds = {k: data[k] for k in data.files}
+    return {"full": lambda: rt.infer(feeds)}, {"runtime": runtime, "runtime_settings": getattr(rt, "settings", {})}
+
+
+def _describe_error(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _worker_main(conn: Any, spec: Worker, threads: int, warmup: int) -> None:
+    """Body of a worker process: build the callables, warm them up, then time a block per ``("run", n)`` request."""
+    try:
+        fns, info = spec.factory(*spec.args, threads=threads)
+        failed: dict[str, str] = {}
+        for key, fn in fns.items():
+            try:
+                for _ in range(warmup):
+                    fn()
+            except Exception as exc:  # a broken callable becomes an error row; the others still run
+                failed[key] = _describe_error(exc)
+        conn.send(("ready", {"keys": list(fns), "errors": failed, "info": info, "pid": os.getpid()}))
+    except BaseException as exc:  # loading failed: report it rather than die silently
+        conn.send(("failed", _describe_error(exc)))
+        return
+    alive = [k for k in fns if k not in failed]
+    turn = 0
+    while True:
+        request = conn.recv()
+        if request[0] != "run":
+            return
+        times: dict[str, list[float]] = {k: [] for k in alive}
+        errors: dict[str, str] = {}
+        shift = turn % len(alive) if alive else 0
+        for key in alive[shift:] + alive[:shift]:
+            try:
+                for _ in range(request[1]):
+                    start = time.perf_counter()
+                    fns[key]()
+                    times[key].append((time.perf_counter() - start) * 1000.0)
+            except Exception as exc:
+                errors[key] = _describe_error(exc)
+        alive = [k for k in alive if k not in errors]
+        turn += 1
+        conn.send(("times", {"times": times, "errors": errors}))
+
+
+class _Handle:
+    """The parent's end of one worker: its process and pipe."""
+
+    def __init__(self, ctx: Any, name: str, spec: Worker, threads: int, warmup: int) -> None:
+        self.name = name
+        self.conn, child = ctx.Pipe()
+        self.proc = ctx.Process(target=_worker_main, args=(child, spec, threads, warmup), name=f"bench:{name}")
+        self.proc.daemon = True  # never outlives the benchmark
+        try:
+            self.proc.start()
+        except Exception as exc:  # e.g. a factory or argument that cannot be pickled for the spawned process
+            raise WorkerError(f"worker {name!r} could not be started: {_describe_error(exc)}") from exc
+        finally:
+            child.close()
+
+    def ask(self, request: tuple[Any, ...] | None, timeout: float, what: str) -> tuple[str, Any]:
+        ready: list[Any] = []
+        try:
+            if request is not None:
+                self.conn.send(request)
+            ready = wait([self.conn, self.proc.sentinel], timeout)
+            if self.conn in ready:
+                return self.conn.recv()
+        except (EOFError, OSError):  # the pipe closed: the process is gone
+            ready = [self.proc.sentinel]
+        if not ready:
+            self.kill()
+            raise WorkerError(f"worker {self.name!r} did not finish {what} within {timeout:.0f} s; it was stopped")
+        self.proc.join(5)
+        raise WorkerError(f"worker {self.name!r} exited with code {self.proc.exitcode} during {what}")
+
+    def stop(self) -> None:
+        if self.proc.is_alive():
+            with contextlib.suppress(OSError):  # the pipe is already closed
+                self.conn.send(("stop",))
+            self.proc.join(10)
+        self.kill()
+        self.conn.close()
+
+    def kill(self) -> None:
+        if self.proc.is_alive():
+            self.proc.kill()
+            self.proc.join(5)
+
+
+def time_isolated(
+    workers: dict[str, Worker],
+    warmup: int = 5,
+    runs: int = 50,
+    threads: int | None = None,
+    block: int = BLOCK,
+    timeout: float = 600.0,
+) -> tuple[dict[str, list[float]], dict[str, str], dict[str, Any]]:
+    """Time each worker's callables in its own spawned process, workers taking turns in blocks of ``block`` calls.
+
+    Workers start one after the other (each loads and warms up while the others wait), then ``ceil(runs / block)``
+    rounds follow; in each, every worker in turn (order rotated per round) times ``block`` calls of each of its
+    callables. Only one worker computes at a time and no two runtimes share a process.
+
+    Args:
+        workers: Worker name (an artifact) → :class:`Worker`.
+        warmup: Untimed calls per callable after loading.
+        runs: Timed calls per callable.
+        threads: Thread count given to every factory (default: :func:`usable_cores`).
+        block: Timed calls per callable per turn.
+        timeout: Seconds one step of a worker (loading and warm-up, or one block) may take before it is stopped.
+
+    Returns:
+        ``(times_ms, errors, info)``: per-name latencies in ms (names as in :class:`Worker`), per-name error messages
+        (a worker that fails to load, dies or hangs gives ``errors[worker]``, naming it; its rows get no further
+        samples), and ``{"isolation", "start_method", "threads", "warmup", "runs", "block", "rounds", "workers"}``
+        where ``workers[name]`` is that worker's own info plus its ``pid``.
+    """
+    if runs < 1 or block < 1 or warmup < 0:
+        raise ValueError(f"time_isolated needs runs >= 1, block >= 1, warmup >= 0; got {runs}, {block}, {warmup}")
+    threads = int(threads or usable_cores())
+    ctx = multiprocessing.get_context("spawn")
+    times: dict[str, list[float]] = {}
+    errors: dict[str, str] = {}
+    worker_info: dict[str, Any] = {}
+    live: dict[str, _Handle] = {}
+    keys: dict[str, dict[str, str]] = {}  # worker → its callable names → reported names
+
+    def report(name: str, local: str) -> str:
+        return name if local == "full" else f"{name}/{local}"
+
+    def fail(name: str, message: str) -> None:
+        errors[name] = message
+        for full in keys.get(name, {}).values():
+            errors.setdefault(full, message)
+        handle = live.pop(name, None)
+        if handle is not None:
+            handle.stop()
+
+    rounds = math.ceil(runs / block)
+    try:
+        for name, spec in workers.items():
+            try:
+                live[name] = _Handle(ctx, name, spec, threads, warmup)
+                status, payload = live[name].ask(None, timeout, "loading and warm-up")
+            except WorkerError as exc:
+                fail(name, str(exc))
+                continue
+            if status != "ready":
+                fail(name, f"worker {name!r} failed while loading: {payload}")
+                continue
+            keys[name] = {k: report(name, k) for k in payload["keys"]}
+            worker_info[name] = {**payload["info"], "pid": payload["pid"]}
+            for local, full in keys[name].items():
+                times[full] = []
+                if local in payload["errors"]:
+                    errors[full] = payload["errors"][local]
+        for r in range(rounds):
+            n = min(block, runs - r * block)
+            order = list(live)
+            shift = r % len(order) if order else 0
+            for name in order[shift:] + order[:shift]:
+                try:
+                    _, payload = live[name].ask(("run", n), timeout, f"round {r + 1} of {rounds}")
+                except WorkerError as exc:
+                    fail(name, str(exc))
+                    continue
+                for local, samples in payload["times"].items():
+                    times[keys[name][local]].extend(samples)
+                for local, message in payload["errors"].items():
+                    errors[keys[name][local]] = message
+    finally:
+        for handle in live.values():
+            handle.stop()
+    info = {
+        "isolation": ISOLATION,
+        "start_method": "spawn",
+        "threads": threads,
+        "warmup": warmup,
+        "runs": runs,
+        "block": block,
+        "rounds": rounds,
+        "workers": worker_info,
+    }
+    return times, errors, info
 
 
 def expression_cost(k_p50_ms: dict[int, float], full_p50_ms: float) -> dict[str, Any]:
@@ -304,12 +601,10 @@ def peak_rss_subprocess(
 
 
 def _rss_main(args: argparse.Namespace) -> int:
-    from runtimes.base import get_runtime  # the runtime registry: importing it pulls in no backend yet
+    import runtimes.base  # noqa: F401  the runtime registry, counted before loading: it pulls in no backend yet
 
-    rt_cls = get_runtime(args.runtime)
     before = rss_mb()
-    rt = rt_cls() if isinstance(rt_cls, type) else rt_cls
-    rt.load(args.artifact, threads=args.threads)
+    rt = load_timed(args.runtime, args.artifact, threads=args.threads)
     with np.load(args.inputs) as data:
         feed = {k: data[k] for k in data.files}
     for _ in range(args.runs):

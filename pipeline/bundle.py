@@ -1,8 +1,9 @@
 """The deploy bundle: models, tokenizer, metadata, golden files, scripts and the runtime code, as a folder and a
 reproducible ``.tar.gz`` with a checksum list.
 
-Usage: ``assemble_bundle(out_dir, plan)``; on the robot: ``tar xzf bundle.tar.gz && cd bundle && ./build_engine.sh &&
-python3 verify.py``.
+Usage: the ``bundle`` stage (:mod:`pipeline.stages.bundle`) calls these; on the robot: ``tar xzf bundle.tar.gz && cd
+bundle && ./build_engine.sh && python3 verify.py`` (``build_engine.sh`` runs trtexec, then writes each engine's sidecar
+with ``build_engine.py --sidecar-only``).
 
 The bundle's scripts import the project's own runtime modules, copied into ``lib/`` (:data:`VENDORED`): the same
 pre-processing, post-processing and backends the host validated, and nothing that needs torch. :func:`check_closure`
@@ -22,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.errors import ArtifactError
-from pipeline.io import atomic_path, atomic_write_json, sha256_file
+from pipeline.io import atomic_path, atomic_write_json, atomic_write_text, sha256_file
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPTS_DIR = ROOT / "runtimes" / "bundle_files"
@@ -131,7 +132,7 @@ def write_checksums(bundle_dir: Path) -> Path:
         if p.is_file() and p.name != "SHA256SUMS"
     ]
     path = bundle_dir / "SHA256SUMS"
-    path.write_text("\n".join(lines) + "\n")
+    atomic_write_text(path, "\n".join(lines) + "\n")
     return path
 
 
@@ -159,7 +160,7 @@ def make_tarball(bundle_dir: Path, tar_path: Path) -> str:
     with atomic_path(tar_path) as tmp:
         tmp.write_bytes(packed)
     digest = hashlib.sha256(tar_path.read_bytes()).hexdigest()
-    tar_path.with_name(tar_path.name + ".sha256").write_text(f"{digest}  {tar_path.name}\n")
+    atomic_write_text(tar_path.with_name(tar_path.name + ".sha256"), f"{digest}  {tar_path.name}\n")
     return digest
 
 

@@ -3,7 +3,8 @@
 Usage: ``Runner(load_config("configs/demo.yaml")).run(["data"])``.
 
 A stage's cache key hashes its declared config sections, its upstream stages' manifests, its code version (declared
-version + hash of its module) and the versions of the toolchain packages it declares. Outputs are written into a work
+version, plus a hash of its module and one of each project module or package it declares in ``code``, so a stale reason
+names the code that changed) and the versions of the toolchain packages it declares. Outputs are written into a work
 folder and renamed into ``runs/<run>/<stage>/`` only once ``manifest.json`` (files + sha256, timings, versions, key) is
 written, so an interrupted stage leaves no manifest and is redone; resumable stages (training) keep their work folder
 between attempts when the key still matches.
@@ -128,7 +129,7 @@ class Runner:
         return {
             "stage": st.name,
             "version": st.version,
-            "code": st.code_hash,
+            "code": st.code_versions,
             "sections": {s: self.cfg.section(s) for s in st.sections},
             "upstream": upstream,
             "toolchain": {t: package_version(t) for t in st.toolchain},

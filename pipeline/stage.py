@@ -2,17 +2,24 @@
 
 Usage::
 
-    @stage("data", sections=("data",), version="1")
+    @stage("data", sections=("data",), version="1", code=("pipeline.config", "pipeline.data"))
     def run_data(ctx: StageContext) -> dict:
         ...  # write everything under ctx.out; return figures for the manifest
 
 The runner (:mod:`pipeline.runner`) decides from these declarations whether a stage is done, stale or missing.
+
+A stage's code version hashes its own module and the project code it declares in ``code``: dotted names of modules
+(``pipeline.train`` is ``pipeline/train.py``) or folders (``model`` is every file under ``model/``: sources and package
+data such as ``quantize/data/*.json``, read from disk in sorted order). ``code`` must cover every project module the
+stage module imports, at module level or inside functions, and what those import in turn (``tests/test_runner.py``
+checks this with ``ast``), so that editing e.g. ``quantize/qdq.py`` makes the ``quantize`` stage stale.
 """
 
 from __future__ import annotations
 
 import hashlib
 import inspect
+import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -23,7 +30,104 @@ from pipeline.config import Config
 from pipeline.errors import StageError, choice_error
 
 # Toolchain packages whose versions enter a stage's cache key when the stage declares them.
-TOOLCHAIN = ("torch", "timm", "transformers", "onnx", "onnxruntime", "openvino", "nncf", "nvidia-modelopt", "tensorrt")
+TOOLCHAIN = (
+    "torch",
+    "timm",
+    "transformers",
+    "tokenizers",
+    "onnx",
+    "onnxslim",
+    "onnxruntime",
+    "openvino",
+    "nncf",
+    "nvidia-modelopt",
+    "tensorrt",
+)
+
+# Where a stage's declared code is read from, and the top-level packages a declared name may start with.
+ROOT = Path(__file__).resolve().parent.parent
+PROJECT_PACKAGES = ("benchmarks", "model", "pipeline", "quantize", "runtimes")
+# Modules that schedule and record stages rather than compute their outputs: never part of a stage's code version.
+FRAMEWORK = ("pipeline.stage", "pipeline.runner", "pipeline.cli")
+
+
+# Code groups that several stages declare (``code=CODE_TRAINING + ("quantize.calibration",)``).
+CODE_BASE = ("pipeline.config", "pipeline.errors", "pipeline.io")
+CODE_TRAINING = (
+    *CODE_BASE,
+    "benchmarks.metrics",
+    "model",
+    "pipeline.data",
+    "pipeline.distill",
+    "pipeline.stages.distill",
+    "pipeline.train",
+    "pipeline.trainstate",
+    "pipeline.trainutil",
+)
+CODE_EVALUATION = (*CODE_BASE, "benchmarks.metrics", "model", "pipeline.data", "runtimes")
+CODE_MEASURING = (
+    *CODE_EVALUATION,
+    "benchmarks.accuracy",
+    "benchmarks.artifacts",
+    "benchmarks.latency",
+    "pipeline.stages.validate",
+    "quantize",
+)
+
+
+def _is_code_file(path: Path, folder: Path) -> bool:
+    """A source or data file of a folder; caches (``__pycache__``, ``*.pyc``) and hidden files are not code."""
+    rel = path.relative_to(folder).parts
+    return (
+        path.is_file()
+        and path.suffix not in (".pyc", ".pyo")
+        and not any(part == "__pycache__" or part.startswith(".") for part in rel)
+    )
+
+
+def project_code_names(root: Path = ROOT) -> list[str]:
+    """Every name ``code`` accepts: the modules and folders of the project packages, dotted."""
+    names = []
+    for package in PROJECT_PACKAGES:
+        base = root / package
+        if not base.is_dir():
+            continue
+        names.append(package)
+        for path in sorted(base.rglob("*")):
+            rel = path.relative_to(root)
+            if any(part == "__pycache__" or part.startswith(".") for part in rel.parts):
+                continue
+            if path.is_dir():
+                names.append(".".join(rel.parts))
+            elif path.suffix == ".py" and path.name != "__init__.py":
+                names.append(".".join(rel.with_suffix("").parts))
+    return names
+
+
+def code_files(name: str, root: Path = ROOT) -> list[Path]:
+    """The files of one declared code dependency: a module's ``.py`` file, or every file under a folder, sorted.
+
+    Raises:
+        StageError: ``name`` is not a module or folder of the project packages (the message lists the valid names).
+    """
+    parts = name.split(".") if isinstance(name, str) else []
+    if parts and parts[0] in PROJECT_PACKAGES and all(part.isidentifier() for part in parts):
+        base = root.joinpath(*parts)
+        if base.is_dir():
+            return sorted(p for p in base.rglob("*") if _is_code_file(p, base))
+        if base.with_suffix(".py").is_file():
+            return [base.with_suffix(".py")]
+    raise choice_error("code dependency", name, project_code_names(root), StageError)
+
+
+def code_digest(name: str, root: Path = ROOT) -> str:
+    """Hash of a declared code dependency: the relative path and bytes of each of its files, in sorted order."""
+    h = hashlib.sha256()
+    for path in code_files(name, root):
+        data = path.read_bytes()
+        h.update(f"{path.relative_to(root).as_posix()}\0{len(data)}\0".encode())
+        h.update(data)
+    return h.hexdigest()[:16]
 
 
 @dataclass
@@ -57,6 +161,8 @@ class Stage:
     resumable: bool = False
     per_device: bool = False
     enabled: Callable[[Config], bool] | None = None
+    code: tuple[str, ...] = ()
+    code_versions: dict[str, str] = field(default_factory=dict)  # stage module and each declared name -> hash
     code_hash: str = field(default="")
 
     def is_enabled(self, cfg: Config) -> bool:
@@ -76,6 +182,7 @@ def stage(
     resumable: bool = False,
     per_device: bool = False,
     enabled: Callable[[Config], bool] | None = None,
+    code: tuple[str, ...] = (),
 ) -> Callable[[Callable[[StageContext], dict[str, Any] | None]], Callable[[StageContext], dict[str, Any] | None]]:
     """Register a stage body.
 
@@ -88,7 +195,15 @@ def stage(
         resumable: keep the work folder across interruptions while the key matches (training).
         per_device: outputs depend on the device profile; they go to ``runs/<run>/devices/<device>/<stage>/``.
         enabled: predicate on the config; a disabled stage is skipped.
+        code: project modules and packages the stage runs besides its own module, as dotted names (a package means
+            every file under it); their sources enter its cache key.
+
+    Raises:
+        ConfigError: a toolchain package is not in :data:`TOOLCHAIN`.
+        StageError: a ``code`` name is not a module or folder of the project.
     """
+    if isinstance(code, str):
+        raise StageError(f"stage {name!r}: code must be a tuple of module names, not the string {code!r}")
 
     def register(
         fn: Callable[[StageContext], dict[str, Any] | None],
@@ -96,7 +211,12 @@ def stage(
         for tool in toolchain:
             if tool not in TOOLCHAIN:
                 raise choice_error("toolchain package", tool, TOOLCHAIN)
-        source = inspect.getsource(inspect.getmodule(fn))  # the stage's module is its code version
+        try:
+            declared = {dep: code_digest(dep, ROOT) for dep in sorted(set(code))}
+        except StageError as exc:
+            raise StageError(f"stage {name!r}: {exc}") from None
+        source = inspect.getsource(inspect.getmodule(fn))  # the stage's own module, then what it declares
+        versions = {fn.__module__: hashlib.sha256(source.encode()).hexdigest()[:16], **declared}
         STAGES[name] = Stage(
             name=name,
             fn=fn,
@@ -107,7 +227,9 @@ def stage(
             resumable=resumable,
             per_device=per_device,
             enabled=enabled,
-            code_hash=hashlib.sha256(source.encode()).hexdigest()[:16],
+            code=tuple(code),
+            code_versions=versions,
+            code_hash=hashlib.sha256(json.dumps(versions, sort_keys=True).encode()).hexdigest()[:16],
         )
         return fn
 

@@ -34,6 +34,12 @@ def _calibration_items(calibration: dict[str, np.ndarray], names: Sequence[str])
     return [{k: calibration[k][i : i + 1] for k in names} for i in range(n)]
 
 
+def ignored_ops(model: Any, nodes: Sequence[str]) -> list[str]:
+    """Names of the IR operations that come from the ONNX ``nodes`` (the node's name, or ``<node>/<suffix>``)."""
+    wanted = set(nodes)
+    return sorted(name for op in model.get_ops() if (name := op.get_friendly_name()).split("/", 1)[0] in wanted)
+
+
 def quantize_openvino_int8(
     xml_path: str | Path,
     out_path: str | Path,
@@ -41,7 +47,7 @@ def quantize_openvino_int8(
     *,
     validation: tuple[Sequence[Any], Callable[[Any, Any], tuple[float, list[float]]]] | None = None,
     max_drop: float = 0.01,
-    ignored_names: Sequence[str] = (),
+    ignored_nodes: Sequence[str] = (),
     metadata: dict[str, Any] | None = None,
 ) -> tuple[Path, dict[str, Any]]:
     """Quantize an OpenVINO FP32 IR to INT8 and save it with its description (``rt_info``).
@@ -53,7 +59,8 @@ def quantize_openvino_int8(
         validation: ``(items, validation_fn)`` to run ``quantize_with_accuracy_control``; ``validation_fn(compiled,
             items) -> (metric, per-item values)``.
         max_drop: allowed absolute metric drop with accuracy control.
-        ignored_names: node names NNCF must leave in float.
+        ignored_nodes: ONNX node names NNCF must leave in float, with the IR operations OpenVINO derived from them
+            (named ``<node>/...``, e.g. a Conv's ``<node>/WithoutBiases``).
         metadata: entries added to the FP32 model's description.
 
     Returns:
@@ -74,14 +81,18 @@ def quantize_openvino_int8(
     items = _calibration_items(calibration, names)
     dataset = nncf.Dataset(items)
     kwargs: dict[str, Any] = {"model_type": nncf.ModelType.TRANSFORMER, "subset_size": len(items)}
-    if ignored_names:
-        kwargs["ignored_scope"] = nncf.IgnoredScope(names=list(ignored_names), validate=False)
+    ignored = ignored_ops(model, ignored_nodes)
+    if ignored_nodes and not ignored:
+        raise ArtifactError(f"{xml_path} has no operation from the nodes to keep in float {list(ignored_nodes)}")
+    if ignored:
+        kwargs["ignored_scope"] = nncf.IgnoredScope(names=ignored)
     info: dict[str, Any] = {
         "tool": "nncf",
         "nncf": nncf.__version__,
         "model_type": "TRANSFORMER",
         "calibration_samples": len(items),
         "accuracy_control": validation is not None,
+        "ignored": ignored,
     }
     try:
         if validation is None:
@@ -105,7 +116,8 @@ def quantize_openvino_int8(
     except Exception as exc:  # NNCF wraps backend errors in many types
         raise ArtifactError(f"NNCF INT8 quantization of {xml_path} failed: {type(exc).__name__}: {exc}") from exc
     write_rt_info(quantized, {**meta, **(metadata or {}), "precision": "int8", "quantization": info})
-    ov.save_model(quantized, str(out_path))  # weights are INT8 already; compress_to_fp16 touches only float consts
+    # float constants stay float32, as in the FP32 IR: the size ratio compares INT8 with FP32 and nothing else
+    ov.save_model(quantized, str(out_path), compress_to_fp16=False)
     log.info(
         "OpenVINO INT8 (NNCF%s): %s (%.2f MB) in %.1f s",
         ", accuracy control" if validation else "",

@@ -38,6 +38,9 @@ log = logging.getLogger(__name__)
 
 # 1. constants ----------------------------------------------------------------------------------------------------
 QUANT_OPS = ("Conv", "MatMul", "Gemm")
+# ops a quantized input may pass through between its DequantizeLinear and the Conv/MatMul/Gemm (ModelOpt casts DQ
+# outputs to FP16; exporters reshape or transpose weights)
+PASS_THROUGH_OPS = ("Cast", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten")
 BACKENDS = ("modelopt", "onnxruntime")
 SENSITIVITY_SAMPLES = 8
 # ModelOpt patches ONNX Runtime's quantizer classes while it runs (modelopt/onnx/quantization/ort_patching.py) and
@@ -275,15 +278,43 @@ def keep_float_consumers(model: Any) -> int:
     """Give non-Conv/MatMul/Gemm consumers of a quantized tensor the float tensor instead of its DequantizeLinear.
 
     Both quantizers share one Q/DQ pair between all consumers of a tensor, so a residual Add or a Concat that reads
-    the same tensor as a Conv would see INT8-rounded values; the policy keeps those ops on the float path.
+    the same tensor as a Conv would see INT8-rounded values; the policy keeps those ops on the float path. A
+    pass-through op on the way to a Conv/MatMul/Gemm (ModelOpt's Cast to FP16 after DequantizeLinear, a Reshape or
+    Transpose) is part of the quantized input and keeps its DequantizeLinear.
 
     Returns:
         How many consumer inputs were rewired (the model is changed in place).
+
+    Raises:
+        ArtifactError: the rewiring took a quantized input away from a Conv/MatMul/Gemm (a bug, never written out).
     """
+    before = quantized_nodes(model)
     producer = {o: n for n in model.graph.node for o in n.output}
+    consumers: dict[str, list[Any]] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+
+    def feeds_quantized_op(node: Any) -> bool:
+        frontier, seen = [node], set()
+        while frontier:
+            current = frontier.pop()
+            if id(current) in seen:
+                continue
+            seen.add(id(current))
+            for out in current.output:
+                for nxt in consumers.get(out, []):
+                    if nxt.op_type in QUANT_OPS:
+                        return True
+                    if nxt.op_type in PASS_THROUGH_OPS:
+                        frontier.append(nxt)
+        return False
+
     count = 0
     for node in model.graph.node:
         if node.op_type in QUANT_OPS or node.op_type in ("QuantizeLinear", "DequantizeLinear"):
+            continue
+        if node.op_type in PASS_THROUGH_OPS and feeds_quantized_op(node):
             continue
         for idx, name in enumerate(node.input):
             dq = producer.get(name)
@@ -291,6 +322,10 @@ def keep_float_consumers(model: Any) -> int:
             if q is not None and q.op_type == "QuantizeLinear":
                 node.input[idx] = q.input[0]
                 count += 1
+    after = quantized_nodes(model)
+    if after != before:
+        lost = sorted(set(before) - set(after))
+        raise ArtifactError(f"keeping float consumers would un-quantize {lost[:10]}; the Q/DQ graph was not changed")
     return count
 
 
@@ -321,7 +356,7 @@ def qdq_inputs(model: Any) -> list[QDQInput]:
             continue
         for idx, name in enumerate(node.input):
             dq = producer.get(name)
-            while dq is not None and dq.op_type == "Cast":  # ModelOpt casts DQ outputs to FP16
+            while dq is not None and dq.op_type in PASS_THROUGH_OPS:
                 dq = producer.get(dq.input[0])
             if dq is None or dq.op_type != "DequantizeLinear":
                 continue

@@ -21,6 +21,8 @@ PROVIDERS = {
     "CUDA": ["CUDAExecutionProvider", "CPUExecutionProvider"],
     "TENSORRT": ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"],
 }
+# Session config entries that decide how the thread pools wait for work; ``settings`` always reports them.
+SPIN_KEYS = ("session.intra_op.allow_spinning", "session.inter_op.allow_spinning", "session.force_spinning_stop")
 
 
 class OnnxRuntime(RuntimeBase):
@@ -32,17 +34,29 @@ class OnnxRuntime(RuntimeBase):
     def __init__(self) -> None:
         super().__init__()
         self._session: Any = None
+        self.settings: dict[str, Any] = {}
 
     def is_available(self) -> bool:
         return importlib.util.find_spec("onnxruntime") is not None
 
-    def load(self, artifact_path: str | Path, device: str = "CPU", threads: int | None = None) -> OnnxRuntime:
+    def load(
+        self,
+        artifact_path: str | Path,
+        device: str = "CPU",
+        threads: int | None = None,
+        options: dict[str, str] | None = None,
+    ) -> OnnxRuntime:
         """Create the inference session and read the artifact's description.
 
         Args:
             artifact_path: an ``.onnx`` file written by :mod:`runtimes.export` or :mod:`quantize`.
             device: ``CPU``, ``CUDA`` or ``TENSORRT`` (execution provider family).
             threads: intra-op threads (default: ONNX Runtime's choice).
+            options: extra session config entries (``SessionOptions.add_session_config_entry``), e.g.
+                ``{"session.force_spinning_stop": "1"}``.
+
+        After loading, :attr:`settings` holds the thread counts, execution mode, providers and the config entries of
+        :data:`SPIN_KEYS` and ``options`` as the session got them (``"default"`` for an entry left unset).
         """
         ort = require("onnxruntime", self.name, INSTALL_HINT)
         path = Path(artifact_path)
@@ -62,11 +76,14 @@ class OnnxRuntime(RuntimeBase):
         if threads:
             opts.intra_op_num_threads = int(threads)
             opts.inter_op_num_threads = 1
+        for key, value in (options or {}).items():
+            opts.add_session_config_entry(str(key), str(value))
         try:
             self._session = ort.InferenceSession(str(path), opts, providers=[p for p in wanted if p in have])
         except Exception as exc:  # ORT raises its own exception types (Fail, InvalidGraph, ...)
             raise ArtifactError(f"onnxruntime cannot load {path}: {exc}") from exc
         self.artifact = path
+        self.settings = _settings(opts, self._session, options or {})
         self.metadata = decode_metadata(dict(self._session.get_modelmeta().custom_metadata_map))
         if "inputs" in self.metadata:
             self.inputs = tensor_specs(self.metadata, "inputs", path)
@@ -96,6 +113,22 @@ _ORT_TYPES = {
     "tensor(bool)": "bool",
     "tensor(uint8)": "uint8",
 }
+
+
+def _settings(opts: Any, session: Any, options: dict[str, str]) -> dict[str, Any]:
+    config = {}
+    for key in dict.fromkeys([*SPIN_KEYS, *options]):
+        try:
+            config[key] = opts.get_session_config_entry(key)
+        except RuntimeError:  # ORT raises for an entry that was never set: the runtime's default applies
+            config[key] = "default"
+    return {
+        "intra_op_num_threads": opts.intra_op_num_threads or "default",
+        "inter_op_num_threads": opts.inter_op_num_threads or "default",
+        "execution_mode": opts.execution_mode.name,
+        "providers": list(session.get_providers()),
+        "config": config,
+    }
 
 
 def _spec(arg: Any) -> TensorSpec:

@@ -15,6 +15,16 @@ from pipeline.errors import ArtifactError, RuntimeUnavailable
 from runtimes.base import RT_INFO_ROOT, RuntimeBase, TensorSpec, decode_metadata, prepare_feeds, require, tensor_specs
 
 INSTALL_HINT = "pip install openvino"
+# Compiled-model properties that decide how inference threads are scheduled; ``settings`` always reports them.
+SCHEDULING_PROPERTIES = (
+    "PERFORMANCE_HINT",
+    "INFERENCE_NUM_THREADS",
+    "NUM_STREAMS",
+    "ENABLE_CPU_PINNING",
+    "SCHEDULING_CORE_TYPE",
+    "ENABLE_HYPER_THREADING",
+    "INFERENCE_PRECISION_HINT",
+)
 
 
 def read_rt_info(model: Any) -> dict[str, Any]:
@@ -41,17 +51,31 @@ class OpenVINORuntime(RuntimeBase):
         self.inference_precision = inference_precision
         super().__init__()
         self._request: Any = None
+        self.settings: dict[str, Any] = {}
 
     def is_available(self) -> bool:
         return importlib.util.find_spec("openvino") is not None
 
-    def load(self, artifact_path: str | Path, device: str = "CPU", threads: int | None = None) -> OpenVINORuntime:
+    def load(
+        self,
+        artifact_path: str | Path,
+        device: str = "CPU",
+        threads: int | None = None,
+        options: dict[str, Any] | None = None,
+    ) -> OpenVINORuntime:
         """Read and compile the model.
 
         Args:
             artifact_path: ``.xml`` IR (or ``.onnx``) written by this project.
             device: an OpenVINO device (``CPU``, ``GPU``, ``NPU``, ``AUTO``).
             threads: inference threads on CPU (default: OpenVINO's choice).
+            options: extra compile properties, applied last (e.g. ``{"ENABLE_CPU_PINNING": False}``).
+
+        After loading, :attr:`settings` holds the compiled model's values of :data:`SCHEDULING_PROPERTIES` and of
+        ``options`` (None for a property the device does not report).
+
+        Raises:
+            ArtifactError: the file is missing or unreadable, or the device rejects it or a property.
         """
         ov = require("openvino", self.name, INSTALL_HINT)
         path = Path(artifact_path)
@@ -75,7 +99,12 @@ class OpenVINORuntime(RuntimeBase):
             config["INFERENCE_PRECISION_HINT"] = self.inference_precision
         if threads and base == "CPU":
             config["INFERENCE_NUM_THREADS"] = int(threads)
-        compiled = core.compile_model(model, device.upper(), config)
+        config.update(options or {})
+        try:
+            compiled = core.compile_model(model, device.upper(), config)
+        except Exception as exc:  # an unsupported property or layer: OpenVINO's RuntimeError names it
+            raise ArtifactError(f"OpenVINO cannot compile {path} for {device} with {config}: {exc}") from exc
+        self.settings = {k: _property(compiled, k) for k in dict.fromkeys([*SCHEDULING_PROPERTIES, *(options or {})])}
         self._request = compiled.create_infer_request()
         self.artifact, self.metadata = path, meta
         if "inputs" in meta:
@@ -96,6 +125,19 @@ class OpenVINORuntime(RuntimeBase):
             for name in port.get_names():
                 by_name[name] = value
         return {n: np.array(by_name[n], copy=True) for n in self.outputs}
+
+
+def _property(compiled: Any, key: str) -> Any:
+    """A compiled model's property as a JSON-ready value (enums by name, element types as ``f32``/``bf16``)."""
+    try:
+        value = compiled.get_property(key)
+    except RuntimeError:  # not reported by this device
+        return None
+    if isinstance(value, (bool, int, float, str)):
+        return value
+    if hasattr(value, "get_type_name"):  # openvino.Type
+        return value.get_type_name()
+    return getattr(value, "name", None) or str(value)
 
 
 def _spec(port: Any) -> TensorSpec:

@@ -6,8 +6,12 @@ An engine only runs on the TensorRT version and the GPU it was built with (pain 
 users hit "engine incompatible" after an upgrade). :meth:`TensorRTRuntime.load` therefore reads the sidecar written
 next to the engine (``model.engine.json`` or ``model.json``; never a header inside the engine, so ``trtexec`` and
 DeepStream still read the plain plan) and refuses an engine whose TensorRT version or GPU differs, naming both, unless
-the sidecar says the engine was built version- or hardware-compatible. Engines with explicit Q/DQ are built
-strongly typed; their I/O dtypes come from the engine itself, and inputs are cast to them.
+the sidecar says the engine was built version- or hardware-compatible. Whether an engine was built strongly typed
+(runtimes.tensorrt_build.default_strongly_typed) does not matter here: its I/O dtypes come from the engine itself, and
+inputs are cast to them.
+
+CUDA memory goes through cuda-python, else pycuda (JetPack 5 images often ship only pycuda): any failure of the first
+backend (not installed, a wheel newer than the driver, no device) falls back to the second.
 
 Imports neither torch nor timm: a robot has numpy, TensorRT and cuda-python (or pycuda).
 """
@@ -17,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import json
+import logging
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -25,6 +30,8 @@ import numpy as np
 
 from pipeline.errors import ArtifactError, RuntimeUnavailable
 from runtimes.base import RuntimeBase, TensorSpec, decode_metadata, prepare_feeds
+
+log = logging.getLogger(__name__)
 
 INSTALL_HINT = (
     "needs an NVIDIA GPU, `tensorrt` and `cuda-python` (Jetson: JetPack's python3-libnvinfer + pip install "
@@ -57,7 +64,8 @@ def read_sidecar(engine: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise ArtifactError(
             f"engine {engine} has no JSON sidecar (looked for {Path(str(engine) + '.json').name} and {path.name}); "
-            "rebuild it with the pipeline's build step or runtimes/tensorrt_build.py, which write one"
+            "build it with build_engine.sh or build_engine.py in the deploy bundle (or the pipeline's build stage), "
+            "which write one; for an engine trtexec already built here: python3 build_engine.py --sidecar-only"
         )
     try:
         raw = json.loads(path.read_text())
@@ -208,18 +216,26 @@ class _PyCuda:
         self.stream.synchronize()
 
 
+CUDA_BACKENDS: tuple[tuple[str, type], ...] = (("cuda-python", _CudaPython), ("pycuda", _PyCuda))
+
+
 def _cuda() -> _CudaPython | _PyCuda:
-    errors = []
-    for cls in (_CudaPython, _PyCuda):
+    """The first CUDA backend that works: cuda-python, else pycuda, whatever made the first one fail.
+
+    Raises:
+        RuntimeUnavailable: both failed; the message names each failure.
+    """
+    errors: list[tuple[str, Exception]] = []
+    for name, cls in CUDA_BACKENDS:
         try:
             return cls()
-        except ImportError as exc:
-            errors.append(f"{cls.__name__[1:]}: {exc}")
-        except Exception as exc:  # no device, driver too old, ...
-            msg = f"no usable CUDA device ({type(exc).__name__}: {exc}); TensorRT {INSTALL_HINT}"
-            raise RuntimeUnavailable(msg) from None
-    tried = "; ".join(errors)
-    raise RuntimeUnavailable(f"neither cuda-python nor pycuda is installed ({tried}); TensorRT {INSTALL_HINT}")
+        except Exception as exc:  # not installed, a wheel newer than the driver, no device, ...: try the next one
+            log.debug("CUDA backend %s failed: %s: %s", name, type(exc).__name__, exc)
+            errors.append((name, exc))
+    tried = "; ".join(f"{name}: {type(exc).__name__}: {exc}" for name, exc in errors)
+    if all(isinstance(exc, ImportError) for _, exc in errors):
+        raise RuntimeUnavailable(f"neither cuda-python nor pycuda is installed ({tried}); TensorRT {INSTALL_HINT}")
+    raise RuntimeUnavailable(f"no usable CUDA backend ({tried}); TensorRT {INSTALL_HINT}")
 
 
 def _cuda_device_present() -> bool:

@@ -42,6 +42,7 @@ class TorchRuntime(RuntimeBase):
         self._model: Any = None
         self._module: Any = None
         self._device: Any = None
+        self.settings: dict[str, Any] = {}
 
     def is_available(self) -> bool:
         return all(importlib.util.find_spec(m) is not None for m in ("torch", "timm", "transformers"))
@@ -83,6 +84,12 @@ class TorchRuntime(RuntimeBase):
         self._device = torch.device("cpu" if dev == "cpu" else dev)
         self._model = model.eval().to(self._device)
         self.artifact = path
+        # torch's pools are process-wide: this records what every graph of this process runs with
+        self.settings = {
+            "num_threads": torch.get_num_threads(),
+            "num_interop_threads": torch.get_num_interop_threads(),
+            "device": str(self._device),
+        }
         self._describe(meta)
         return self.graph(graph, _into=self)
 
@@ -120,7 +127,7 @@ class TorchRuntime(RuntimeBase):
 
         gspec = graph_specs(self._model)[name]
         rt = _into if _into is not None else TorchRuntime()
-        rt._model, rt._device, rt.artifact = self._model, self._device, self.artifact
+        rt._model, rt._device, rt.artifact, rt.settings = self._model, self._device, self.artifact, dict(self.settings)
         rt._module, rt.graph_name = gspec.module.eval(), name
         rt.inputs = {n: TensorSpec(n, tuple(gspec.input_shapes[n]), gspec.input_dtypes[n]) for n in gspec.input_names}
         rt.outputs = {n: TensorSpec(n, tuple(gspec.output_shapes[n]), "float32") for n in gspec.output_names}

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import time
 from pathlib import Path
@@ -17,7 +18,17 @@ import pytest
 
 from benchmarks.accuracy import SampleMeta, evaluate, miou_drop_points, summarize
 from benchmarks.artifacts import REFERENCE, artifact_size, find_artifacts, load_artifact
-from benchmarks.latency import cpu_info, describe_machine, expression_cost, machine_info, time_interleaved
+from benchmarks.latency import (
+    ISOLATION,
+    Worker,
+    artifact_worker,
+    cpu_info,
+    describe_machine,
+    expression_cost,
+    machine_info,
+    time_interleaved,
+    time_isolated,
+)
 from benchmarks.latency import summarize as lat_summary
 from pipeline.errors import RuntimeUnavailable, StageError
 from pipeline.stage import StageContext
@@ -54,6 +65,112 @@ def test_time_interleaved_rotates_order_and_turns_errors_into_statuses():
 def test_time_interleaved_measures_time():
     times, _ = time_interleaved({"sleep": lambda: time.sleep(0.002)}, warmup=0, runs=3)
     assert all(1.5 <= t < 50 for t in times["sleep"])
+
+
+def _matmul_onnx(path: Path, layers: int) -> Path:
+    """A tiny foreign ONNX graph: ``layers`` × (MatMul 64×64, Relu) on a (1, 64) input ``x``."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(layers)
+    nodes, inits, last = [], [], "x"
+    for i in range(layers):
+        inits.append(numpy_helper.from_array(rng.standard_normal((64, 64)).astype(np.float32), f"w{i}"))
+        out = "y" if i == layers - 1 else f"h{i}"
+        nodes += [helper.make_node("MatMul", [last, f"w{i}"], [f"m{i}"]), helper.make_node("Relu", [f"m{i}"], [out])]
+        last = out
+    graph = helper.make_graph(nodes, "mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 64])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 64])], inits)  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return path
+
+
+FEEDS = {"x": np.ones((1, 64), np.float32)}
+
+
+def test_time_isolated_runs_each_artifact_in_its_own_process_with_explicit_threads(tmp_path):
+    from runtimes import get_runtime
+
+    small, big = _matmul_onnx(tmp_path / "small.onnx", 1), _matmul_onnx(tmp_path / "big.onnx", 4)
+    workers = {"ort-small": Worker(artifact_worker, ("onnxruntime", small, FEEDS)),
+               "ort-big": Worker(artifact_worker, ("onnxruntime", big, FEEDS))}  # fmt: skip
+    if get_runtime("openvino").is_available():
+        workers["ov-small"] = Worker(artifact_worker, ("openvino", small, FEEDS))
+    times, errors, info = time_isolated(workers, warmup=1, runs=5, threads=1, block=2)
+    assert errors == {}
+    assert {k: len(v) for k, v in times.items()} == dict.fromkeys(workers, 5)
+    assert all(lat_summary(v)["p50_ms"] > 0 for v in times.values())
+    assert (info["isolation"], info["threads"], info["block"], info["rounds"]) == (ISOLATION, 1, 2, 3)
+    pids = {w["pid"] for w in info["workers"].values()}
+    assert len(pids) == len(workers) and os.getpid() not in pids  # no two runtimes share a process, nor this one
+    ort = info["workers"]["ort-big"]["runtime_settings"]
+    assert ort["intra_op_num_threads"] == 1 and ort["config"]["session.force_spinning_stop"] == "1"
+    if "ov-small" in workers:
+        ov = info["workers"]["ov-small"]["runtime_settings"]
+        assert ov["INFERENCE_NUM_THREADS"] == 1 and ov["ENABLE_CPU_PINNING"] is False
+
+
+def _stamping_worker(log: str, *, threads: int):
+    """Worker factory whose one callable appends ``pid start end`` (monotonic ns) to ``log``."""
+
+    def call() -> None:
+        start = time.monotonic_ns()
+        time.sleep(0.002)
+        with open(log, "a") as f:
+            f.write(f"{os.getpid()} {start} {time.monotonic_ns()}\n")
+
+    return {"full": call}, {"threads_seen": threads}
+
+
+def test_time_isolated_alternates_blocks_and_never_overlaps_workers(tmp_path):
+    log = tmp_path / "calls.log"
+    workers = {"a": Worker(_stamping_worker, (str(log),)), "b": Worker(_stamping_worker, (str(log),))}
+    times, errors, info = time_isolated(workers, warmup=0, runs=6, threads=3, block=3)
+    assert errors == {} and len(times["a"]) == len(times["b"]) == 6
+    assert info["workers"]["a"]["threads_seen"] == 3
+    calls = sorted((int(t0), int(t1), int(pid)) for pid, t0, t1 in (ln.split() for ln in log.read_text().splitlines()))
+    # one worker computes at a time: every call ends before the next one starts
+    assert all(end <= nxt for (_, end, _), (nxt, _, _) in zip(calls, calls[1:], strict=False))
+    a, b = info["workers"]["a"]["pid"], info["workers"]["b"]["pid"]
+    runs: list[list[int]] = []  # consecutive calls by the same worker
+    for _, _, pid in calls:
+        if runs and runs[-1][0] == pid:
+            runs[-1][1] += 1
+        else:
+            runs.append([pid, 1])
+    assert runs == [[a, 3], [b, 6], [a, 3]]  # round 1: a then b; round 2 rotated: b then a
+
+
+def _crashing_worker(*, threads: int):
+    calls = []
+
+    def call() -> None:
+        calls.append(1)
+        if len(calls) > 1:  # after the warm-up call
+            os._exit(3)
+
+    return {"full": call}, {}
+
+
+def _hanging_worker(*, threads: int):
+    return {"full": lambda: time.sleep(600)}, {}
+
+
+def test_time_isolated_names_a_failing_worker_and_does_not_hang(tmp_path):
+    good = _matmul_onnx(tmp_path / "good.onnx", 1)
+    workers = {"onnxruntime-fp32": Worker(artifact_worker, ("onnxruntime", good, FEEDS)),
+               "onnxruntime-int8": Worker(artifact_worker, ("onnxruntime", tmp_path / "missing.onnx", FEEDS)),
+               "crashes": Worker(_crashing_worker), "hangs": Worker(_hanging_worker)}  # fmt: skip
+    start = time.perf_counter()
+    times, errors, _ = time_isolated(workers, warmup=1, runs=4, threads=1, block=2, timeout=5)
+    assert time.perf_counter() - start < 60
+    assert len(times["onnxruntime-fp32"]) == 4 and "onnxruntime-fp32" not in errors
+    assert errors["onnxruntime-int8"].startswith("worker 'onnxruntime-int8' failed while loading: ArtifactError")
+    assert "missing.onnx does not exist" in errors["onnxruntime-int8"]
+    assert errors["crashes"] == "worker 'crashes' exited with code 3 during round 1 of 2"
+    assert errors["hangs"] == "worker 'hangs' did not finish loading and warm-up within 5 s; it was stopped"
 
 
 def test_expression_cost_is_the_slope_over_k():
@@ -97,6 +214,8 @@ def test_machine_info_names_libraries_and_threads():
     assert info["cpu"]["usable_cores"] >= 1
     line = describe_machine(info)
     assert "threads: 2" in line and "GB RAM" in line
+    isolated = describe_machine(machine_info(threads=2, isolation=ISOLATION))
+    assert f"threads: 2 per runtime, {ISOLATION}" in isolated
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -295,7 +414,16 @@ def test_stages_end_to_end_on_tiny(tmp_path):
         out.mkdir(parents=True)
         return StageContext(name, cfg, out, run, up, logging.getLogger(name))
 
+    from pipeline.data.dataset import open_dataset
+    from pipeline.stages.quantize import TUNING_IDS
+
+    val = open_dataset(cfg, dirs["data"]).samples("val")
+    tuned = [f"val:{s.ref_id}:{s.sent_id}" for s in val[:3]]  # what the INT8 fallback tuned on stays out of the gate
+    (dirs["quantize"] / TUNING_IDS).write_text(json.dumps({"split": "val", "ids": tuned}))
     v = run_validate(ctx("validate", dirs))
+    gated = json.loads((run / "devices" / "x86-cpu" / "validate" / "samples" / f"{REFERENCE}.json").read_text())
+    assert not set(tuned) & set(gated["sample_id"]) and len(gated["sample_id"]) == v["n_samples"]
+    assert [s for s in gated["sample_id"] if s.startswith("val:")]  # the rest of val is still measured
     assert v["failed"] == ["onnxruntime-int8"]
     assert v["statuses"]["openvino-int8"] == "ok" and v["statuses"]["tensorrt-int8"].startswith("unavailable: ")
     assert v["drop_points"]["openvino-fp32"] == pytest.approx(0.0, abs=1e-9)

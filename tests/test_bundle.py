@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -20,6 +22,7 @@ from pipeline.config import load_config
 from pipeline.errors import ArtifactError
 
 ROOT = Path(__file__).resolve().parent.parent
+SCRIPTS = ROOT / "runtimes" / "bundle_files"
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::UserWarning", "ignore::FutureWarning")
 
 
@@ -62,10 +65,178 @@ def test_bundle_layout_checksums_and_build_script(jetson_bundle):
     sums = subprocess.run(["sha256sum", "-c", "SHA256SUMS", "--quiet"], cwd=bundle, capture_output=True, text=True)
     assert sums.returncode == 0, sums.stdout + sums.stderr
     script = (bundle / "build_engine.sh").read_text()
-    assert "--onnx=models/full_int8_qdq.onnx" in script and "--stronglyTyped" in script
     assert "--memPoolSize=workspace:1024" in script  # the Orin Nano profile's workspace
+    assert subprocess.run(["bash", "-n", str(bundle / "build_engine.sh")]).returncode == 0
+    # every trtexec line is followed by the sidecar step of the engine it built
+    lines = [line for line in script.splitlines() if line and not line.startswith("#")]
+    built = {}
+    for i, line in enumerate(lines):
+        if line.startswith("trtexec "):
+            engine = next(a.split("=", 1)[1] for a in line.split() if a.startswith("--saveEngine="))
+            precision = next(p for p, e in meta["models"].items() if e["engine"] == engine)
+            assert lines[i + 1] == f'"${{PYTHON:-python3}}" build_engine.py --sidecar-only --precision {precision}'
+            built[precision] = line.split()
+    assert set(built) == {"int8", "fp16"}
+    # ONNX Runtime's Q/DQ keeps an FP32 float remainder: weakly typed INT8 + FP16 on TensorRT 10; the FP16 ONNX
+    # carries its own types: strongly typed
+    assert meta["models"]["int8"]["description"]["quantization"]["float_remainder"] == "fp32"
+    assert "--onnx=models/full_int8_qdq.onnx" in built["int8"] and {"--int8", "--fp16"} <= set(built["int8"])
+    assert "--stronglyTyped" not in built["int8"] and "--stronglyTyped" in built["fp16"]
+    assert meta["models"]["int8"]["build"]["strongly_typed"] is False
+    assert meta["models"]["fp16"]["build"]["strongly_typed"] is True
     digest = (jetson_bundle["tar"].parent / "bundle.tar.gz.sha256").read_text().split()[0]
     assert digest == jetson_bundle["figures"]["tar_sha256"]
+
+
+def test_each_model_carries_its_own_description(jetson_bundle):
+    meta = json.loads((jetson_bundle["dir"] / "metadata.json").read_text())
+    int8, fp16 = (meta["models"][p]["description"] for p in ("int8", "fp16"))
+    assert int8["precision"] == "int8" and int8["quantization"]["format"] == "qdq"
+    assert fp16["precision"] == "fp16" and "quantization" not in fp16
+    assert meta["description"]["precision"] == "int8"  # the bundle-level description stays, for older scripts
+    for desc in (int8, fp16):
+        assert desc["inputs"] == meta["description"]["inputs"] and "tokenizer_dir" not in desc
+
+
+def _fake_device(tmp_path: Path) -> dict[str, str]:
+    """An environment with a fake ``trtexec`` (writes the --saveEngine file) and a fake ``tensorrt`` (a version)."""
+    bin_dir, fake = tmp_path / "fakebin", tmp_path / "fakepy" / "tensorrt"
+    bin_dir.mkdir()
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text('__version__ = "10.3.0"\n')
+    trtexec = bin_dir / "trtexec"
+    trtexec.write_text(
+        "#!/usr/bin/env bash\n"
+        'for a in "$@"; do case "$a" in --saveEngine=*) printf plan > "${a#--saveEngine=}";; esac; done\n'
+        'echo "trtexec $*" >> trtexec.log\n'
+    )
+    trtexec.chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    return env | {"PATH": f"{bin_dir}:{env['PATH']}", "PYTHON": sys.executable, "PYTHONPATH": str(fake.parent)}
+
+
+def test_build_script_writes_sidecars_the_runtime_accepts(jetson_bundle, tmp_path):
+    """``./build_engine.sh && python3 verify.py``: each engine trtexec builds gets its sidecar, which the runtime's
+    checks accept; a stale engine (built from another ONNX) is refused with the way out."""
+    from pipeline.io import sha256_file
+    from runtimes.tensorrt_rt import check_compatible, read_sidecar
+
+    bundle = extract_bundle(jetson_bundle["tar"], tmp_path / "robot")
+    env = _fake_device(tmp_path)
+    proc = subprocess.run(["./build_engine.sh"], cwd=bundle, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr[-2000:]
+    meta = json.loads((bundle / "metadata.json").read_text())
+    assert len((bundle / "trtexec.log").read_text().splitlines()) == 2
+    for precision, entry in meta["models"].items():
+        sidecar = read_sidecar(bundle / entry["engine"])
+        check_compatible(sidecar, "10.3.0", {})
+        assert sidecar["tensorrt_version"] == "10.3.0" and sidecar["builder"] == "trtexec"
+        assert sidecar["build"] == entry["build"] and sidecar["source_sha256"] == sha256_file(bundle / entry["onnx"])
+        assert sidecar["precision"] == precision  # the model's own description, not the bundle's first
+        assert ("quantization" in sidecar) is (precision == "int8")
+    # fresh engines pass the staleness check and reach the TensorRT load (not installed here)
+    proc = robot(bundle, "verify.py", "--backend", "tensorrt", "--precision", "int8")
+    assert proc.returncode == 2 and "stale" not in proc.stderr and "tensorrt is not installed" in proc.stderr
+    # an engine whose sidecar names another source ONNX is stale
+    sidecar_path = bundle / (meta["models"]["int8"]["engine"] + ".json")
+    sidecar = json.loads(sidecar_path.read_text())
+    sidecar_path.write_text(json.dumps(sidecar | {"source_sha256": "0" * 64}))
+    proc = robot(bundle, "verify.py", "--backend", "tensorrt", "--precision", "int8")
+    assert proc.returncode == 2 and "is stale" in proc.stderr and "./build_engine.sh" in proc.stderr, proc.stderr
+
+
+def test_build_script_stops_before_trtexec_without_python_tensorrt(jetson_bundle, tmp_path):
+    bundle = extract_bundle(jetson_bundle["tar"], tmp_path / "robot")
+    env = _fake_device(tmp_path) | {"PYTHONPATH": str(tmp_path / "empty")}
+    proc = subprocess.run(["./build_engine.sh"], cwd=bundle, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and "cannot import tensorrt" in proc.stderr, proc.stderr
+    assert not (bundle / "trtexec.log").exists() and not list((bundle / "engines").iterdir())
+
+
+def test_sidecar_only_refuses_a_missing_engine(jetson_bundle, tmp_path):
+    bundle = extract_bundle(jetson_bundle["tar"], tmp_path / "robot")
+    env = _fake_device(tmp_path)
+    cmd = [sys.executable, "build_engine.py", "--sidecar-only", "--precision", "fp16"]
+    proc = subprocess.run(cmd, cwd=bundle, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and "full_fp16.engine is missing or empty" in proc.stderr, proc.stderr
+    assert not list((bundle / "engines").iterdir())
+
+
+def _bundle_module(monkeypatch: pytest.MonkeyPatch, name: str) -> Any:
+    """Import one of the bundle's scripts from the source tree (``common`` first, as the scripts do)."""
+    monkeypatch.setattr(sys, "path", [str(SCRIPTS), *sys.path])  # restored after the test, with common's lib/
+    module = None
+    for mod in dict.fromkeys(("common", name)):
+        spec = importlib.util.spec_from_file_location(mod, SCRIPTS / f"{mod}.py")
+        module = importlib.util.module_from_spec(spec)
+        monkeypatch.setitem(sys.modules, mod, module)
+        spec.loader.exec_module(module)
+    return module
+
+
+def test_stale_engine_check(monkeypatch, tmp_path, caplog):
+    common = _bundle_module(monkeypatch, "common")
+    onnx = tmp_path / "models" / "m.onnx"
+    onnx.parent.mkdir()
+    onnx.write_bytes(b"onnx")
+    from pipeline.io import sha256_file
+
+    digest = sha256_file(onnx)
+    engine = tmp_path / "engines" / "m.engine"
+    common.check_engine_source({"source_sha256": digest}, digest, engine, "models/m.onnx")
+    with pytest.raises(ArtifactError, match=r"m\.engine is stale.*models/m\.onnx.*rebuild .* ./build_engine\.sh"):
+        common.check_engine_source({"source_sha256": "f" * 64}, digest, engine, "models/m.onnx")
+    with caplog.at_level(logging.WARNING, logger="bundle"):
+        common.check_engine_source({}, digest, engine, "models/m.onnx")
+    assert "records no source_sha256" in caplog.text
+    # the bundle takes the ONNX's sha256 from SHA256SUMS (what the bundle says it is), else computes it
+    meta = {"models": {"int8": {"onnx": "models/m.onnx", "engine": "engines/m.engine"}}, "description": {}}
+    (tmp_path / "metadata.json").write_text(json.dumps(meta))
+    bundle = common.Bundle(tmp_path)
+    assert bundle.onnx_sha256("int8") == ("models/m.onnx", digest)
+    engine.parent.mkdir()
+    engine.write_bytes(b"plan")
+    (tmp_path / "engines" / "m.engine.json").write_text(json.dumps({"source_sha256": digest}))
+    bundle.check_engine_fresh("int8", engine)
+    (tmp_path / "SHA256SUMS").write_text(f"{'a' * 64}  models/m.onnx\n")
+    with pytest.raises(ArtifactError, match="is stale"):
+        common.Bundle(tmp_path).check_engine_fresh("int8", engine)
+
+
+@pytest.mark.parametrize(
+    ("node", "files", "expected"),
+    [
+        ("sys/devices/gpu.0/devfreq/17000000.ga10b", {"min_freq": "1300500000", "max_freq": "1300500000"}, True),
+        (
+            "sys/devices/gpu.0/devfreq/17000000.ga10b",
+            {"min_freq": "306000000", "max_freq": "1300500000", "governor": "nvhost_podgov"},
+            False,
+        ),
+        (
+            "sys/class/devfreq/17000000.gv11b",
+            {"min_freq": "114750000", "max_freq": "1377000000", "governor": "performance"},
+            True,
+        ),
+        ("sys/class/devfreq/17000000.gpu", {"min_freq": "306000000", "max_freq": "918000000"}, False),
+        ("sys/class/devfreq/57000000.gp10b", {}, None),  # nothing readable: unknown
+        ("sys/class/devfreq/15340000.vic", {"min_freq": "1", "max_freq": "1"}, None),  # not the GPU
+        (None, {}, None),  # no devfreq at all (not a Jetson)
+    ],
+)
+def test_benchmark_clocks_locked_reads_the_gpu_devfreq_node(monkeypatch, tmp_path, node, files, expected):
+    benchmark = _bundle_module(monkeypatch, "benchmark")
+    if node:
+        (tmp_path / node).mkdir(parents=True)
+        for name, value in files.items():
+            (tmp_path / node / name).write_text(value + "\n")
+    assert benchmark.clocks_locked(tmp_path) is expected
+    note = benchmark.clock_note(expected, tmp_path)
+    if expected is None:
+        assert "clock state unknown" in note
+    elif expected is False:
+        assert "not locked" in note and "jetson_clocks" in note
+    else:
+        assert note is None
 
 
 def test_verify_passes_on_golden_outputs_with_onnxruntime(jetson_bundle):
@@ -129,6 +300,8 @@ def test_benchmark_script_reports_percentiles(jetson_bundle):
     assert proc.returncode == 0, proc.stderr[-2000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["p50_ms"] > 0 and result["p99_ms"] >= result["p50_ms"]
+    if result["gpu_devfreq"] is None:  # not a Jetson: the clock state is unknown, and the output says so
+        assert result["clocks_locked"] is None and "clock state unknown" in proc.stdout + proc.stderr
 
 
 def test_tensorrt_backend_without_engine_is_a_clear_error(jetson_bundle):

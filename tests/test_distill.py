@@ -89,6 +89,21 @@ def test_distill_stage_trains_the_student_from_the_train_stage_best(tmp_path, da
     assert "loss_feat" in rows[0] and runner.figures("distill")["teacher"].endswith("train/best.safetensors")
     assert set(load_file(str(out / "last" / "extra.safetensors"))) >= {"adapters.4.weight"}
 
+    # what the pipeline deploys from here on is the student, not the teacher
+    fast = ["export.split_graphs=false", "export.fp16=false", "export.openvino=false", "export.parity_samples=1"]
+    runner = Runner(load_config(path, [*overrides, *fast]))
+    runner.run(["calibrate", "export"])
+    assert runner.figures("calibrate")["img_size"] == 32
+    from runtimes import get_runtime
+
+    exported = get_runtime("onnxruntime").load(runner.stage_dir("export") / "full.onnx").metadata
+    assert exported["variant"] == "tiny" and int(exported["img_size"]) == 32
+    from benchmarks.artifacts import find_artifacts
+    from pipeline.stages.validate import UPSTREAM
+
+    dirs = {u: runner.stage_dir(u) for u in UPSTREAM if u in ("data", "train", "distill", "export")}
+    assert find_artifacts(dirs)[0].path == out / "best.safetensors"  # the PyTorch reference of validate and bench
+
 
 def test_student_config_takes_the_distill_section():
     cfg = load_config(None, ["distill.student=edge", "distill.steps=7", "distill.student_img_size=160"])

@@ -6,6 +6,8 @@ mechanics (Q/DQ placement, zero points, the compatibility check, exclusions unde
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import onnx
 import pytest
@@ -46,6 +48,85 @@ def test_qdq_graph_is_symmetric_int8_on_conv_matmul_gemm_only(quantized):
 
     rt = get_runtime("onnxruntime").load(path)
     assert rt.metadata["precision"] == "int8" and rt.metadata["quantization"]["scheme"].startswith("symmetric")
+
+
+def test_openvino_int8_keeps_the_mask_head_float(quantized):
+    import openvino as ov
+
+    from quantize.qdq import head_nodes
+
+    heads = head_nodes(quantized["root"] / "export" / "full.onnx")
+    info = quantized["quantize"]["full_int8.xml"]["quantization"]
+    assert info["ignored"] and all(name.split("/")[0] in heads for name in info["ignored"])
+    model = ov.Core().read_model(str(quantized["root"] / "quantize" / "full_int8.xml"))
+    head_ops = [op for op in model.get_ops() if op.get_friendly_name() in info["ignored"]]
+    assert head_ops
+    for op in head_ops:  # float activations and weights: no FakeQuantize, no INT8 constant feeds the head
+        sources = [i.get_source_output().get_node() for i in op.inputs()]
+        assert "FakeQuantize" not in [s.get_type_name() for s in sources], op.get_friendly_name()
+        assert all(str(s.get_output_element_type(0)) == "<Type: 'float32'>" for s in sources), op.get_friendly_name()
+
+
+def test_the_fallback_tunes_on_val_and_validate_leaves_those_samples_out(quantized):
+    from benchmarks.accuracy import eval_samples
+    from pipeline.data.dataset import open_dataset
+    from pipeline.stages.quantize import TUNING_IDS
+    from runtimes import get_runtime
+    from runtimes.processing import Processing
+
+    root = quantized["root"]
+    tuning = json.loads((root / "quantize" / TUNING_IDS).read_text())
+    assert quantized["quantize"]["validation_split"] == tuning["split"] == "val"
+    assert len(tuning["ids"]) == quantized["quantize"]["validation_samples"]
+    assert all(i.startswith("val:") for i in tuning["ids"])
+    refer = open_dataset(quantized["cfg"], root / "data")
+    meta = get_runtime("onnxruntime").load(root / "export" / "full.onnx").metadata
+    proc = Processing.from_metadata(meta, root / "export" / "tokenizer")
+
+    def ids(exclude: list[str]) -> list[str]:
+        return [m.sample_id for _, _, m in eval_samples(refer, ["val", "testA"], proc, None, exclude=exclude)]
+
+    every, kept = ids([]), ids(tuning["ids"])
+    assert set(tuning["ids"]) < set(every) and set(kept) == set(every) - set(tuning["ids"])
+
+
+def _cast_qdq_graph() -> onnx.ModelProto:
+    """x -> Q -> DQ feeding a Cast -> MatMul (ModelOpt's FP16 remainder) and a residual Add."""
+    inits = [
+        numpy_helper.from_array(np.ones((4, 4), np.float16), "w"),
+        numpy_helper.from_array(np.asarray(0.1, np.float32), "s"),
+        numpy_helper.from_array(np.asarray(0, np.int8), "zp"),
+    ]
+    nodes = [
+        helper.make_node("QuantizeLinear", ["x", "s", "zp"], ["xq"], name="q"),
+        helper.make_node("DequantizeLinear", ["xq", "s", "zp"], ["xdq"], name="dq"),
+        helper.make_node("Cast", ["xdq"], ["xh"], to=TensorProto.FLOAT16, name="cast"),
+        helper.make_node("MatMul", ["xh", "w"], ["y"], name="mm"),
+        helper.make_node("Add", ["xdq", "x"], ["r"], name="add"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+        [
+            helper.make_tensor_value_info("y", TensorProto.FLOAT16, [1, 4]),
+            helper.make_tensor_value_info("r", TensorProto.FLOAT, [1, 4]),
+        ],
+        inits,
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)])
+
+
+def test_keep_float_consumers_rewires_float_ops_but_keeps_a_cast_into_a_matmul_quantized():
+    from quantize.qdq import keep_float_consumers, quantized_nodes
+
+    model = _cast_qdq_graph()
+    assert quantized_nodes(model) == ["mm"]
+    assert keep_float_consumers(model) == 1
+    inputs = {n.name: list(n.input) for n in model.graph.node}
+    assert inputs["add"] == ["x", "x"]  # the residual reads the float tensor
+    assert inputs["cast"] == ["xdq"]  # the MatMul's input stays INT8
+    assert quantized_nodes(model) == ["mm"]
 
 
 def test_fallback_returns_sensitive_nodes_to_float_under_a_tight_budget(quantized, tmp_path):

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import ast
+import dataclasses
+import inspect
 import json
+from pathlib import Path
 
 import pytest
 
+from pipeline import runner as runner_mod
 from pipeline import stage as stage_mod
 from pipeline.config import load_config
 from pipeline.errors import StageError
-from pipeline.runner import Runner
-from pipeline.stage import StageContext, stage
+from pipeline.runner import Runner, _digest
+from pipeline.stage import FRAMEWORK, PROJECT_PACKAGES, ROOT, Stage, StageContext, code_files, get_stage, stage
 
 CALLS: list[str] = []
 
@@ -167,3 +172,169 @@ def test_adopt_takes_a_matching_done_stage_from_another_run_and_refuses_others(t
     (source / "a" / "numbers.txt").write_text("seed=9\n")  # the source no longer matches its manifest
     with pytest.raises(StageError, match="numbers.txt does not match"):
         Runner(_cfg(tmp_path, "run.name=w")).adopt("a", source)
+
+
+# ---- code versions: what a stage runs is part of its key ------------------------------------------------------------
+
+
+def _module_exists(name: str) -> bool:
+    try:
+        code_files(name)
+    except StageError:
+        return False
+    return True
+
+
+def _project_imports(path: Path) -> set[str]:
+    """Project modules a file imports, at module level or inside functions, as dotted names.
+
+    ``from pkg import sub`` imports the submodule ``pkg.sub``; ``from pkg import name`` needs ``pkg`` itself (for
+    ``model`` and ``runtimes`` that is the whole package: their ``__init__`` resolves names lazily).
+    """
+    tree = ast.parse(path.read_text(), str(path))
+    package = path.resolve().relative_to(ROOT).parts[:-1] if path.resolve().is_relative_to(ROOT) else ()
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:  # relative: resolved against the file's own package
+                parent = package[: len(package) - (node.level - 1)]
+                base = ".".join([*parent, *([node.module] if node.module else [])])
+            found = [f"{base}.{a.name}" if _module_exists(f"{base}.{a.name}") else base for a in node.names]
+        else:
+            continue
+        names |= {n for n in found if n.split(".")[0] in PROJECT_PACKAGES}
+    return names
+
+
+def _undeclared(st: Stage) -> dict[str, str]:
+    """Project modules reachable from a stage's module that its ``code`` does not cover: ``{module: imported by}``.
+
+    Every Python file of the declared code is followed too, so the check is transitive: declaring ``runtimes`` makes
+    ``runtimes.torch_rt``'s imports (``model``) part of what must be declared.
+    """
+    stage_file = Path(inspect.getsourcefile(st.fn)).resolve()
+    declared = {p.resolve() for dep in st.code for p in code_files(dep)} | {stage_file}
+    missing: dict[str, str] = {}
+    for path in sorted(p for p in declared if p.suffix == ".py"):
+        for module in sorted(_project_imports(path)):
+            if module in FRAMEWORK or module in missing:
+                continue
+            if not {p.resolve() for p in code_files(module)} <= declared:
+                missing[module] = str(path.relative_to(ROOT))
+    return missing
+
+
+@pytest.mark.parametrize("name", sorted(stage_mod.load_stages()))
+def test_every_stage_declares_the_project_code_it_runs(name):
+    st = get_stage(name)
+    missing = _undeclared(st)
+    assert not missing, (
+        f"stage {name!r} runs project code its @stage(code=...) does not declare, so editing it would not make the "
+        f"stage stale: " + "; ".join(f"{m} (imported by {by})" for m, by in missing.items())
+    )
+
+
+def test_the_code_check_finds_a_dropped_dependency():
+    train = get_stage("train")
+    assert "pipeline.trainutil" in train.code
+    dropped = dataclasses.replace(train, code=tuple(c for c in train.code if c != "pipeline.trainutil"))
+    assert set(_undeclared(dropped)) == {"pipeline.trainutil"}
+    validate = get_stage("validate")
+    no_model = dataclasses.replace(validate, code=tuple(c for c in validate.code if c != "model"))
+    assert "model" in _undeclared(no_model)  # reached through runtimes.torch_rt, the PyTorch reference
+
+
+def _write_tree(root: Path) -> None:
+    files = {
+        "model/__init__.py": "",
+        "model/net.py": "WIDTH = 8\n",
+        "pipeline/__init__.py": "",
+        "pipeline/train.py": "STEPS = 2\n",
+        "quantize/data/ops.json": '{"ops": ["Conv"]}\n',
+        "runtimes/other.py": "X = 1\n",
+    }
+    for rel, text in files.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(text)
+    (root / "model" / "__pycache__").mkdir()
+    (root / "model" / "__pycache__" / "net.cpython-310.pyc").write_bytes(b"compiled")
+
+
+def test_a_change_in_declared_code_makes_the_stage_stale(toy_stages, tmp_path, monkeypatch):
+    src = tmp_path / "src"
+    _write_tree(src)
+    monkeypatch.setattr(stage_mod, "ROOT", src)
+
+    def register() -> Stage:
+        @stage("t", upstream=("a",), sections=("train",), code=("model", "pipeline.train", "quantize.data"))
+        def run_t(ctx: StageContext) -> dict:
+            (ctx.out / "out.txt").write_text("x")
+            return {}
+
+        return stage_mod.STAGES["t"]
+
+    cfg = _cfg(tmp_path)
+    first = register()
+    assert set(first.code_versions) == {__name__, "model", "pipeline.train", "quantize.data"}  # this module too
+    assert [s.state for s in Runner(cfg).run(["t"])] == ["ran", "ran"]
+    key = _digest(Runner(cfg).key_parts(first))
+
+    # an unchanged tree (or the same tree elsewhere, as in another clone) gives the same key
+    assert _digest(Runner(cfg).key_parts(register())) == key and Runner(cfg).status("t").state == "done"
+    clone = tmp_path / "clone"
+    _write_tree(clone)
+    monkeypatch.setattr(stage_mod, "ROOT", clone)
+    assert register().code_versions == first.code_versions
+    monkeypatch.setattr(stage_mod, "ROOT", src)
+
+    # undeclared code and caches do not count
+    (src / "runtimes" / "other.py").write_text("X = 2\n")
+    (src / "model" / "__pycache__" / "net.cpython-310.pyc").write_bytes(b"recompiled")
+    register()
+    assert Runner(cfg).status("t").state == "done"
+
+    # a module inside a declared package, a declared module, a data file, a new file: each makes the stage stale
+    edits = [
+        ("model/net.py", "WIDTH = 16\n", "code.model"),
+        ("pipeline/train.py", "STEPS = 3\n", "code.pipeline.train"),
+        ("quantize/data/ops.json", '{"ops": ["Conv", "Gemm"]}\n', "code.quantize.data"),
+        ("model/extra.py", "", "code.model"),
+    ]
+    for rel, text, changed in edits:
+        (src / rel).write_text(text)
+        register()
+        status = Runner(cfg).status("t")
+        assert status.state == "stale" and changed in status.reason, (rel, status)
+        assert _digest(Runner(cfg).key_parts(stage_mod.STAGES["t"])) != key
+        assert [s.state for s in Runner(cfg).run(["t"])] == ["cached", "ran"]
+        key = _digest(Runner(cfg).key_parts(stage_mod.STAGES["t"]))
+
+
+def test_unknown_code_dependency_is_refused_at_registration(toy_stages):
+    def body(ctx: StageContext) -> dict:
+        return {}
+
+    with pytest.raises(StageError, match=r"stage 'x': unknown code dependency 'pipeline.trainutils' \(did you mean"):
+        stage("x", code=("pipeline.trainutils",))(body)
+    with pytest.raises(StageError, match=r"unknown code dependency 'numpy'.*valid: .*pipeline\.trainutil"):
+        stage("x", code=("numpy",))(body)
+    with pytest.raises(StageError, match=r"code must be a tuple of module names, not the string 'model'"):
+        stage("x", code="model")(body)
+    assert "x" not in stage_mod.STAGES
+
+
+@pytest.mark.parametrize(
+    ("name", "package"),
+    [("export", "onnxslim"), ("export", "tokenizers"), ("data", "tokenizers"), ("train", "tokenizers")],
+)
+def test_toolchain_versions_enter_the_key(name, package, tmp_path, monkeypatch):
+    assert package in stage_mod.TOOLCHAIN
+    runner = Runner(_cfg(tmp_path))
+    st = get_stage(name)
+    before = _digest(runner.key_parts(st))
+    real = runner_mod.package_version
+    monkeypatch.setattr(runner_mod, "package_version", lambda n: "0.0.0-other" if n == package else real(n))
+    assert _digest(runner.key_parts(st)) != before

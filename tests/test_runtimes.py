@@ -131,6 +131,54 @@ def test_threads_are_configurable(tiny):
     assert rt._session.get_session_options().intra_op_num_threads == 1
 
 
+def _relu_onnx(path: Path) -> Path:
+    """A one-node ONNX graph (no project metadata): the runtimes fall back to its own I/O."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8])
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "relu", [x], [y])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return path
+
+
+def test_onnxruntime_records_threads_and_spinning_options(tmp_path):
+    path = _relu_onnx(tmp_path / "relu.onnx")
+    rt = get_runtime("onnxruntime").load(path, threads=1, options={"session.force_spinning_stop": "1"})
+    s = rt.settings
+    assert (s["intra_op_num_threads"], s["inter_op_num_threads"], s["providers"]) == (1, 1, ["CPUExecutionProvider"])
+    assert s["config"] == {"session.intra_op.allow_spinning": "default", "session.inter_op.allow_spinning": "default",
+                           "session.force_spinning_stop": "1"}  # fmt: skip
+    assert rt._session.get_session_options().get_session_config_entry("session.force_spinning_stop") == "1"
+    x = np.array([[-1, 2, -3, 4, 0, 1, -2, 3]], np.float32)
+    np.testing.assert_array_equal(rt.infer({"x": x})["y"], np.maximum(x, 0))
+    plain = get_runtime("onnxruntime").load(path).settings
+    assert plain["intra_op_num_threads"] == "default" and set(plain["config"].values()) == {"default"}
+
+
+def test_openvino_records_scheduling_properties_and_names_a_bad_one(tmp_path):
+    rt = get_runtime("openvino")
+    if not rt.is_available():
+        pytest.skip(f"openvino is not installed here: {rt.install_hint}")
+    path = _relu_onnx(tmp_path / "relu.onnx")
+    rt.load(path, threads=1, options={"ENABLE_CPU_PINNING": False})
+    s = rt.settings
+    assert s["INFERENCE_NUM_THREADS"] == 1 and s["ENABLE_CPU_PINNING"] is False and s["NUM_STREAMS"] == 1
+    assert s["PERFORMANCE_HINT"] == "LATENCY" and s["INFERENCE_PRECISION_HINT"] == "f32"
+    assert isinstance(s["SCHEDULING_CORE_TYPE"], str)
+    json.dumps(s)  # recorded in results.json as is
+    with pytest.raises(ArtifactError, match="NOT_A_PROPERTY"):
+        get_runtime("openvino").load(path, options={"NOT_A_PROPERTY": 1})
+
+
+def test_torch_runtime_records_its_threads(torch_rt):
+    assert torch_rt.settings["num_threads"] == 1 and torch_rt.settings["device"] == "cpu"
+    assert torch_rt.graph("decoder").settings == torch_rt.settings
+
+
 def test_runtime_side_imports_neither_torch_nor_timm(tiny):
     """A robot has numpy, tokenizers and its backend: loading and running ORT / OpenVINO must not import torch."""
     code = f"""

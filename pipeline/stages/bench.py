@@ -1,11 +1,14 @@
-"""The ``bench`` stage: latency of every artifact, interleaved, plus split-graph cost, peak RSS, size and machine info.
+"""The ``bench`` stage: latency of every artifact, each in its own worker process, plus split-graph cost, peak RSS,
+size and machine info.
 
 Usage: ``python -m pipeline run --config configs/demo.yaml --stages bench [--set bench.runs=100]``.
 
 One real evaluation frame and ``max(bench.expressions)`` real sentences are pre-processed once; every runtime then
-runs the same batch-1 inputs. Full graphs and split-graph pipelines ("encode the frame once, then k × (encode text +
-decode)") of all artifacts are timed in ONE interleaved session (:func:`benchmarks.latency.time_interleaved`), so the
-speed-up against PyTorch FP32 eager and the cost per extra expression compare numbers measured side by side.
+runs the same batch-1 inputs. Each artifact's full graph and split-graph pipelines ("encode the frame once, then k ×
+(encode text + decode)") run in a worker process of their own, with the same thread count for every runtime
+(``bench.threads``, else the device profile's, else the usable cores); the workers take turns in blocks of calls
+within ONE run (:func:`benchmarks.latency.time_isolated`), so the speed-up against PyTorch FP32 eager and the cost per
+extra expression compare numbers measured side by side, without one runtime's idle threads slowing another.
 Pre- and post-processing are timed once (they are shared). Peak RSS is measured per artifact in a fresh process.
 
 Writes ``results.json`` (summaries per artifact, machine, settings), ``raw_ms.json`` (every timed run) and
@@ -20,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.stage import StageContext, stage
+from pipeline.stage import CODE_MEASURING, StageContext, stage
 from pipeline.stages.validate import UPSTREAM, threads_of
 
 log = logging.getLogger(__name__)
@@ -64,11 +67,48 @@ def split_pipeline(
 
 
 def _load_split(art: Any, full_rt: Any, threads: int | None) -> tuple[Any, Any, Any]:
-    from benchmarks.artifacts import load_artifact
+    from benchmarks.latency import load_timed
 
     if art.runtime == "torch":  # one checkpoint, three graphs sharing its weights
         return full_rt.graph("image_encoder"), full_rt.graph("text_encoder"), full_rt.graph("decoder")
-    return tuple(load_artifact(art, threads, graph=g) for g in ("image_encoder", "text_encoder", "decoder"))
+    return tuple(load_timed(art.runtime, art.split[g], art.device, threads) for g in ("image_encoder", "text_encoder",
+                                                                                       "decoder"))  # fmt: skip
+
+
+def bench_worker(
+    art: Any,
+    feeds: dict[str, np.ndarray],
+    image: dict[str, np.ndarray],
+    texts: list[dict[str, np.ndarray]],
+    split_keys: list[str] | None,
+    *,
+    threads: int,
+) -> tuple[dict[str, Callable[[], Any]], dict[str, Any]]:
+    """Worker factory (:class:`benchmarks.latency.Worker`) of one artifact: its full graph and split-graph pipelines.
+
+    Runs in the artifact's own process. ``split_keys`` names the split-graph callables to time (None: no split-graph
+    timing). Returns the callables and ``{"runtime_settings", "split_status"}``; a split graph that does not load or
+    run is a status, the full graph is still timed.
+    """
+    from benchmarks.latency import load_timed
+
+    rt = load_timed(art.runtime, art.path, art.device, threads)
+    fns: dict[str, Callable[[], Any]] = {"full": lambda: rt.infer(feeds)}
+    info: dict[str, Any] = {"runtime_settings": getattr(rt, "settings", {})}
+    if split_keys is None:
+        return fns, info
+    if not art.split:
+        info["split_status"] = "unavailable: no split graphs in this run"
+        return fns, info
+    try:
+        enc, txt, dec = _load_split(art, rt, threads)
+        parts = split_pipeline(enc, txt, dec, image, texts)
+    except Exception as exc:  # a split graph that does not load or run is a status, not a crash
+        info["split_status"] = f"error: {type(exc).__name__}: {exc}"
+        return fns, info
+    fns |= {key: fn for key, fn in parts.items() if key in split_keys}
+    info["split_status"] = "ok"
+    return fns, info
 
 
 @stage(
@@ -76,18 +116,24 @@ def _load_split(art: Any, full_rt: Any, threads: int | None) -> tuple[Any, Any, 
     upstream=UPSTREAM,
     sections=("data", "model", "bench", "device"),
     version="1",
-    toolchain=("torch", "onnxruntime", "openvino", "tensorrt"),
+    toolchain=("torch", "timm", "transformers", "tokenizers", "onnxruntime", "openvino", "tensorrt"),
+    code=(*CODE_MEASURING, "pipeline.stages.quantize"),
     per_device=True,
 )
 def run_bench(ctx: StageContext) -> dict[str, Any]:
     """Time every artifact and write ``results.json``."""
     from benchmarks.artifacts import REFERENCE, find_artifacts, load_artifact
     from benchmarks.latency import (
+        BENCH_OPTIONS,
+        ISOLATION,
+        Worker,
         describe_machine,
         machine_info,
         peak_rss_subprocess,
         summarize,
         time_interleaved,
+        time_isolated,
+        usable_cores,
     )
     from pipeline.data.dataset import open_dataset
     from pipeline.errors import PipelineError, RuntimeUnavailable
@@ -95,9 +141,9 @@ def run_bench(ctx: StageContext) -> dict[str, Any]:
     from runtimes.processing import Processing
 
     cfg, b = ctx.cfg, ctx.cfg.bench
-    threads = threads_of(cfg)
+    threads = threads_of(cfg) or usable_cores()  # explicit and the same for every runtime
     ks = sorted(set(b.expressions))
-    machine = machine_info(threads)
+    machine = machine_info(threads, ISOLATION)
     log.info("bench: %s", describe_machine(machine))
 
     # 1. artifacts, runtimes, inputs
@@ -124,34 +170,31 @@ def run_bench(ctx: StageContext) -> dict[str, Any]:
     np.savez(ctx.out / "inputs.npz", **feeds)
     image, text_feeds = proc.image(rgb), [proc.text(t) for t in texts]
 
-    # 2. one interleaved session: full graphs and split-graph pipelines of every runnable artifact
-    fns: dict[str, Callable[[], Any]] = {name: (lambda rt=rt: rt.infer(feeds)) for name, rt in loaded.items()}
-    split_status: dict[str, str] = {}
-    if b.split_graph:
-        for art in arts:
-            if art.name not in loaded:
-                continue
-            if not art.split:
-                split_status[art.name] = "unavailable: no split graphs in this run"
-                continue
-            try:
-                enc, txt, dec = _load_split(art, loaded[art.name], threads)
-                parts = split_pipeline(enc, txt, dec, image, text_feeds)
-            except Exception as exc:  # a split graph that does not load or run is a status, not a crash
-                split_status[art.name] = f"error: {type(exc).__name__}: {exc}"
-                continue
-            keep = {"encode_image", "encode_text", "decode", *(f"k={k}" for k in ks)}
-            fns |= {f"{art.name}/{key}": fn for key, fn in parts.items() if key in keep}
-            split_status[art.name] = "ok"
-    log.info("bench: %d timed callables, %d warm-up + %d runs each, interleaved", len(fns), b.warmup, b.runs)
-    times, errors = time_interleaved(fns, warmup=b.warmup, runs=b.runs)
-
-    # 3. shared pre- and post-processing, once
+    # 2. shared pre- and post-processing, once, in this process (no runtime thread pool involved)
     logits = next(iter(loaded.values())).infer(feeds)["mask_logits"] if loaded else None
     proc_fns: dict[str, Callable[[], Any]] = {"pre": lambda: proc(rgb, texts[0])}
     if logits is not None:
         proc_fns["post"] = lambda: proc.postprocess(logits, rgb.shape[:2])
     proc_times, _ = time_interleaved(proc_fns, warmup=b.warmup, runs=b.runs)
+
+    # 3. one run, one worker process per artifact (full graph and split-graph pipelines), workers taking turns
+    split_keys = ["encode_image", "encode_text", "decode", *(f"k={k}" for k in ks)] if b.split_graph else None
+    workers = {
+        art.name: Worker(bench_worker, (art, feeds, image, text_feeds, split_keys))
+        for art in arts
+        if art.name in loaded
+    }
+    loaded.clear()  # the workers load their own copies; these only told which artifacts can run
+    log.info("bench: %d artifacts, %d warm-up + %d runs each, %s, %d threads", len(workers), b.warmup, b.runs,
+             ISOLATION, threads)  # fmt: skip
+    times, errors, timing = time_isolated(workers, warmup=b.warmup, runs=b.runs, threads=threads)
+    split_status: dict[str, str] = {}
+    for name in workers:
+        reported = timing["workers"].get(name, {})
+        if "split_status" in reported:
+            split_status[name] = reported["split_status"]
+        elif b.split_graph and name in errors:  # the worker itself failed
+            split_status[name] = f"error: {errors[name]}"
 
     # 4. rows
     rows: dict[str, Any] = {}
@@ -159,6 +202,8 @@ def run_bench(ctx: StageContext) -> dict[str, Any]:
         entry: dict[str, Any] = {**art.describe(), "status": statuses.get(art.name, "ok")}
         if art.name in errors:
             entry["status"] = f"error: {errors[art.name]}"
+        if art.name in timing["workers"]:
+            entry["runtime_settings"] = timing["workers"][art.name].get("runtime_settings", {})
         if entry["status"] == "ok":
             entry["latency"] = summarize(times[art.name])
             if b.peak_rss:
@@ -169,8 +214,11 @@ def run_bench(ctx: StageContext) -> dict[str, Any]:
     ref_p50 = (rows.get(REFERENCE, {}).get("latency") or {}).get("p50_ms")
     out = {
         "machine": machine,
-        "settings": {"warmup": b.warmup, "runs": b.runs, "threads": threads, "expressions": ks,
-                     "interleaved": True, "batch": 1, "timer": "time.perf_counter"},
+        "settings": {"warmup": b.warmup, "runs": b.runs, "threads": threads,
+                     "threads_source": "bench.threads / device.threads" if threads_of(cfg) else "usable cores",
+                     "expressions": ks, "interleaved": True, "isolation": timing["isolation"],
+                     "start_method": timing["start_method"], "block": timing["block"], "rounds": timing["rounds"],
+                     "runtime_options": BENCH_OPTIONS, "batch": 1, "timer": "time.perf_counter"},
         "frame": {**frame, "sentences": texts},
         "processing": {k: summarize(v) for k, v in proc_times.items()},
         "artifacts": rows,

@@ -2,20 +2,29 @@
 
 Usage: ``python -m pipeline run --config configs/demo.yaml --device jetson-orin-nano --stages build``.
 
-Always writes ``build_engine.sh`` (the equivalent ``trtexec`` commands, to run on the target) and the TensorRT
-compatibility check of the ONNX it builds from. Builds ``<name>.engine`` + ``<name>.engine.json`` only where TensorRT
-and an NVIDIA GPU exist; elsewhere the figures say ``unavailable: <reason>`` and the pipeline goes on.
+Always writes ``build_engine.sh`` (the equivalent ``trtexec`` command followed by the sidecar step, to run on the
+target from a checkout of the project) and the TensorRT compatibility check of the ONNX it builds from. Builds
+``<name>.engine`` + ``<name>.engine.json`` only where TensorRT and an NVIDIA GPU exist; elsewhere the figures say
+``unavailable: <reason>`` and the pipeline goes on. The deploy path to a robot is the ``bundle`` stage, whose
+``build_engine.sh`` needs nothing but JetPack and the bundle.
+
+Strong typing: ``build.strongly_typed`` ``on``/``off`` is used as given; ``auto`` follows
+:func:`runtimes.tensorrt_build.default_strongly_typed` for the profile's TensorRT version, the ONNX's float remainder
+and the profile's DLA core.
 """
 
 from __future__ import annotations
 
 import logging
+import shlex
 from pathlib import Path
 from typing import Any
 
-from pipeline.stage import StageContext, stage
+from pipeline.stage import CODE_BASE, StageContext, stage
 
 log = logging.getLogger(__name__)
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 SOURCES = {
     "int8": ("quantize", "full_int8_qdq.onnx"),
@@ -30,18 +39,31 @@ SOURCES = {
     sections=("build", "device"),
     version="1",
     toolchain=("onnx", "tensorrt"),
+    code=(
+        *CODE_BASE,
+        "quantize.data",
+        "quantize.trt_compat",
+        "runtimes.base",
+        "runtimes.export",
+        "runtimes.tensorrt_build",
+    ),
     per_device=True,
 )
 def run_build(ctx: StageContext) -> dict[str, Any]:
     """Check, script and (where possible) build the TensorRT engine of the device profile's precision."""
     import shutil
 
+    from pipeline.io import atomic_path
     from quantize.trt_compat import check_trt_compat
     from runtimes.export import read_onnx_metadata
     from runtimes.tensorrt_build import (
         BuildSettings,
         build_engine,
         default_strongly_typed,
+        float_remainder,
+        major,
+        python_check,
+        sidecar_command,
         tensorrt_status,
         trtexec_command,
         write_build_script,
@@ -57,10 +79,28 @@ def run_build(ctx: StageContext) -> dict[str, Any]:
 
         raise ArtifactError(f"{src} is missing: enable {'quant.qdq' if precision == 'int8' else 'export.fp16'}")
     onnx_path = ctx.out / file_name
-    shutil.copy2(src, onnx_path)
-    strongly = b.strongly_typed == "on" or (
-        b.strongly_typed == "auto" and default_strongly_typed(precision, dev.trt_version)
-    )
+    with atomic_path(onnx_path) as tmp:
+        shutil.copy2(src, tmp)
+    description = read_onnx_metadata(onnx_path)
+    remainder = float_remainder(description) if precision == "int8" else None
+    if b.strongly_typed == "auto":
+        strongly = default_strongly_typed(precision, dev.trt_version, remainder, dev.dla_core)
+    else:
+        strongly = b.strongly_typed == "on"
+        trt_major = major(dev.trt_version)
+        if strongly and dev.dla_core is not None and (trt_major is None or trt_major < 11):
+            log.warning(
+                "build: build.strongly_typed=on with DLA core %s on TensorRT %s: DLA needs the FP16/INT8 flags that "
+                "strongly typed networks forbid before TensorRT 11; the build is likely to fail",
+                dev.dla_core,
+                dev.trt_version or "10.x",
+            )
+        if not strongly and trt_major is not None and trt_major >= 11:
+            log.warning(
+                "build: build.strongly_typed=off on TensorRT %s: TensorRT 11 removed weak typing and its "
+                "--int8/--fp16 flags; the build is likely to fail",
+                dev.trt_version,
+            )
     settings = BuildSettings(
         precision=precision,
         workspace_mb=b.workspace_mb or dev.workspace_mb,
@@ -74,14 +114,32 @@ def run_build(ctx: StageContext) -> dict[str, Any]:
     report = check_trt_compat(onnx_path, dev.trt_version)
     if not report.ok:
         log.warning("build: %s", report.summary())
-    note = f"Device profile {dev.name}: TensorRT {dev.trt_version or 'any'}, {precision}, strongly typed: {strongly}"
-    write_build_script(ctx.out / "build_engine.sh", [trtexec_command(file_name, engine_name, settings)], note)
+    note = (
+        f"Device profile {dev.name}: TensorRT {dev.trt_version or 'any'}, {precision}, float remainder "
+        f"{remainder or '-'}, strongly typed: {strongly}.\n"
+        "After trtexec, the project's runtimes.tensorrt_build writes the engine's JSON sidecar (the runtime\n"
+        "refuses an engine without one): run this from a checkout of the project, with PYTHON=<an interpreter\n"
+        "that has onnx and tensorrt> if python3 lacks them. To deploy to a robot, use the deploy bundle\n"
+        "(make <device>): its build_engine.sh needs only JetPack."
+    )
+    trtexec = trtexec_command(file_name, engine_name, settings)
+    sidecar_step = sidecar_command(file_name, engine_name, settings)
+    preamble = [
+        "export PYTHONPATH=" + '"${PYTHONPATH:+$PYTHONPATH:}"' + shlex.quote(str(PROJECT_ROOT)),
+        python_check(
+            ["onnx", "tensorrt", "runtimes.tensorrt_build"],
+            "the sidecar step needs (set PYTHON to an interpreter that has them, PYTHONPATH to the project checkout)",
+        ),
+    ]
+    write_build_script(ctx.out / "build_engine.sh", [trtexec, sidecar_step], note, preamble=preamble)
     figures: dict[str, Any] = {
         "device": dev.name,
         "precision": precision,
         "source": f"{stage_name}/{file_name}",
+        "float_remainder": remainder,
         "settings": settings.__dict__,
-        "trtexec": " ".join(trtexec_command(file_name, engine_name, settings)),
+        "trtexec": shlex.join(trtexec),
+        "sidecar": sidecar_step,
         "trt_compat": report.to_dict() | {"ops": None},
     }
     # 3. the engine, where TensorRT and a GPU exist
@@ -92,7 +150,7 @@ def run_build(ctx: StageContext) -> dict[str, Any]:
         return figures
     if settings.timing_cache:
         settings.timing_cache = str(ctx.out / settings.timing_cache)
-    sidecar = build_engine(onnx_path, ctx.out / engine_name, settings, read_onnx_metadata(onnx_path))
+    sidecar = build_engine(onnx_path, ctx.out / engine_name, settings, description)
     figures |= {
         "status": "built",
         "engine": engine_name,

@@ -3,7 +3,12 @@
 Usage: ``python -m pipeline run --config configs/demo.yaml --device jetson-orin-nano --stages bundle``.
 
 For a TensorRT device the bundle holds the Q/DQ INT8 and FP16 ONNX models, the ``trtexec`` build script and the
-Python builder; for a CPU device the OpenVINO IR and ONNX models. Golden inputs are real evaluation samples,
+Python builder; for a CPU device the OpenVINO IR and ONNX models. ``build_engine.sh`` runs ``trtexec`` for each engine
+and then ``build_engine.py --sidecar-only``, which writes the engine's JSON sidecar (TensorRT version, GPU, settings,
+source sha256) that the runtime requires. Strong typing follows :func:`runtimes.tensorrt_build.default_strongly_typed`
+for the profile's TensorRT version floor, each ONNX's float remainder and the profile's DLA core; the settings of each
+``trtexec`` line and the description of each model are kept in ``metadata.json`` (``models[precision]["build"]`` and
+``["description"]``) for the sidecars. Golden inputs are real evaluation samples,
 pre-processed on the host; golden outputs are the host's outputs of each model's reference (ONNX Runtime for ONNX,
 OpenVINO for IR; FP16 is checked against FP32). ``verify.py`` compares a backend on the robot against them.
 """
@@ -11,14 +16,16 @@ OpenVINO for IR; FP16 is checked against FP32). ``verify.py`` compares a backend
 from __future__ import annotations
 
 import logging
+import shlex
 import shutil
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from pipeline.errors import StageError
-from pipeline.stage import StageContext, stage
+from pipeline.stage import CODE_EVALUATION, StageContext, stage
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +107,8 @@ def golden_samples(ctx: StageContext, proc: Any) -> tuple[dict[str, np.ndarray],
     upstream=("data", "export", "quantize"),
     sections=("device", "model", "data"),
     version="1",
-    toolchain=("onnxruntime", "openvino"),
+    toolchain=("onnxruntime", "openvino", "tokenizers", "transformers"),
+    code=(*CODE_EVALUATION, "pipeline.bundle"),
     per_device=True,
 )
 def run_bundle(ctx: StageContext) -> dict[str, Any]:
@@ -108,8 +116,16 @@ def run_bundle(ctx: StageContext) -> dict[str, Any]:
 
     from pipeline.bundle import copy_file, copy_scripts, make_tarball, vendor_runtime, write_checksums, write_metadata
     from runtimes import get_runtime
+    from runtimes.export import read_onnx_metadata
     from runtimes.processing import Processing
-    from runtimes.tensorrt_build import BuildSettings, default_strongly_typed, trtexec_command, write_build_script
+    from runtimes.tensorrt_build import (
+        BuildSettings,
+        default_strongly_typed,
+        float_remainder,
+        python_check,
+        trtexec_command,
+        write_build_script,
+    )
 
     dev = ctx.cfg.device
     out = ctx.out / "bundle"
@@ -144,9 +160,11 @@ def run_bundle(ctx: StageContext) -> dict[str, Any]:
     inputs, frames = golden_samples(ctx, proc)
     (out / "golden").mkdir(parents=True, exist_ok=True)
     np.savez(out / "golden" / "inputs.npz", **inputs)
+    reference_metadata: dict[str, dict[str, Any]] = {}
     for precision, entry in plan.items():
         for key, (backend, path) in entry["reference"].items():
             rt = get_runtime(backend).load(path, threads=dev.threads)
+            reference_metadata.setdefault(precision, dict(rt.metadata))
             n = len(inputs["image"])
             logits = np.concatenate(
                 [rt.infer({k: v[i : i + 1] for k, v in inputs.items()})["mask_logits"] for i in range(n)]
@@ -169,24 +187,40 @@ def run_bundle(ctx: StageContext) -> dict[str, Any]:
             }
         )
 
-    # 3. TensorRT build script (trtexec) for the robot
-    commands = []
+    # 3. each model's own description (the engine's sidecar gets it), then the TensorRT build script for the robot:
+    # trtexec, then the sidecar of the engine it built (the runtime refuses an engine without one)
+    for precision, entry in plan.items():
+        own = read_onnx_metadata(entry["onnx"]) if "onnx" in entry else dict(reference_metadata[precision])
+        models[precision]["description"] = {k: v for k, v in own.items() if k not in ("tokenizer_dir",)}
+    commands: list[list[str]] = []
     for precision, entry in models.items():
         if "engine" in entry:
+            remainder = float_remainder(entry["description"]) if precision == "int8" else None
             settings = BuildSettings(
                 precision=precision,
                 workspace_mb=dev.workspace_mb,
-                strongly_typed=default_strongly_typed(precision, dev.trt_version),
+                strongly_typed=default_strongly_typed(precision, dev.trt_version, remainder, dev.dla_core),
                 dla_core=dev.dla_core,
                 timing_cache="timing.cache",
             )
+            entry["build"] = asdict(settings)
             commands.append(trtexec_command(entry["onnx"], entry["engine"], settings))
+            commands.append(["${PYTHON:-python3}", "build_engine.py", "--sidecar-only", "--precision", precision])
     if commands:
         (out / "engines").mkdir(exist_ok=True)
+        sidecar_why = (
+            "build_engine.py --sidecar-only needs to record each engine's sidecar "
+            "(JetPack: sudo apt install python3-libnvinfer)"
+        )
         write_build_script(
             out / "build_engine.sh",
-            [["mkdir", "-p", "engines"], *commands],
-            note=f"{dev.description}; TensorRT >= {dev.trt_version}",
+            [["mkdir", "-p", "engines"], *(_shell_line(c) for c in commands)],
+            note=(
+                f"{dev.description}; TensorRT >= {dev.trt_version}. After each trtexec, build_engine.py --sidecar-only "
+                "writes the engine's JSON sidecar (TensorRT version, GPU, settings, source sha256): the runtime "
+                "refuses an engine without one.\nPYTHON=<interpreter> picks another python3."
+            ),
+            preamble=[python_check(["tensorrt"], sidecar_why)],
         )
 
     # 4. metadata, checksums, tarball
@@ -213,6 +247,14 @@ def run_bundle(ctx: StageContext) -> dict[str, Any]:
         "golden_samples": len(inputs["image"]),
         "engine_script": bool(commands),
     }
+
+
+def _shell_line(cmd: list[str]) -> str:
+    """A command as a shell line; a leading ``${PYTHON:-python3}`` stays an expansion (double-quoted), the rest is
+    quoted."""
+    head, *rest = cmd
+    first = f'"{head}"' if head == "${PYTHON:-python3}" else shlex.quote(head)
+    return " ".join([first, *(shlex.quote(c) for c in rest)])
 
 
 def bundle_dir(stage_dir: Path) -> Path:

@@ -11,18 +11,26 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from pipeline.stage import StageContext, stage
+from pipeline.stage import CODE_TRAINING, StageContext, stage
 
 log = logging.getLogger(__name__)
 
 
-@stage("calibrate", upstream=("data",), sections=("data", "model", "calibrate"), version="1")
+@stage(
+    "calibrate",
+    upstream=("data",),
+    sections=("data", "model", "distill", "calibrate"),  # distill: the student's input size when it is deployed
+    version="1",
+    toolchain=("tokenizers", "transformers"),
+    code=(*CODE_TRAINING, "quantize.calibration"),
+)
 def run_calibrate(ctx: StageContext) -> dict[str, Any]:
     """Pick, check and save the calibration samples as model inputs."""
     from model import resolve_spec
     from pipeline.data.dataset import open_dataset
     from pipeline.data.tokenize import TextTokenizer
     from pipeline.io import atomic_write_json
+    from pipeline.stages.distill import deployed_model
     from quantize.calibration import (
         MIN_RECOMMENDED,
         build_arrays,
@@ -35,7 +43,7 @@ def run_calibrate(ctx: StageContext) -> dict[str, Any]:
 
     cfg = ctx.cfg
     # 1. the model's input size and token length (no weights needed)
-    m = cfg.model
+    m = deployed_model(cfg)  # the distilled student's input size when distill is enabled
     spec = resolve_spec(m.variant, img_size=m.img_size, max_tokens=m.max_tokens, text_dir=m.text_dir)
     # 2. stratified draw from the train split, disjoint from every evaluation split
     refer = open_dataset(cfg, ctx.upstream("data"))

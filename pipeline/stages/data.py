@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from pipeline.errors import DataError, PipelineError
 from pipeline.io import atomic_write_json
-from pipeline.stage import StageContext, stage
+from pipeline.stage import CODE_BASE, StageContext, stage
 
 if TYPE_CHECKING:
     from pipeline.data.refer import ReferDataset
@@ -24,7 +24,13 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-@stage("data", sections=("data",), version="1")
+@stage(
+    "data",
+    sections=("data",),
+    version="1",
+    toolchain=("tokenizers", "transformers"),
+    code=(*CODE_BASE, "pipeline.data"),
+)
 def run_data(ctx: StageContext) -> dict[str, Any]:
     from pipeline.data.dataset import open_dataset
     from pipeline.data.synref import generate_synref

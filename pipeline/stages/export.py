@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.stage import StageContext, stage
+from pipeline.stage import CODE_TRAINING, StageContext, stage
 
 log = logging.getLogger(__name__)
 
@@ -100,10 +100,11 @@ def max_abs_diff(runtime: Any, graph: Any, feeds: list[dict[str, np.ndarray]], g
 
 @stage(
     "export",
-    upstream=("data", "train"),
+    upstream=("data", "train", "distill"),  # distill only while enabled: then its student is exported
     sections=("data", "model", "export", "device"),
     version="1",
-    toolchain=("torch", "onnx", "onnxruntime", "openvino"),
+    toolchain=("torch", "timm", "transformers", "tokenizers", "onnx", "onnxslim", "onnxruntime", "openvino"),
+    code=(*CODE_TRAINING, "quantize.data", "quantize.trt_compat", "runtimes"),
     per_device=True,  # opset and LayerNorm handling follow the device profile's TensorRT version
 )
 def run_export(ctx: StageContext) -> dict[str, Any]:
@@ -111,13 +112,14 @@ def run_export(ctx: StageContext) -> dict[str, Any]:
     import onnx
 
     from model import graph_specs, load_checkpoint
+    from pipeline.stages.distill import deployed_checkpoint
     from quantize.trt_compat import check_trt_compat, decompose_layernorm, load_op_list, resolve_version
     from runtimes import get_runtime
     from runtimes.export import copy_tokenizer, export_fp16_onnx, export_onnx, export_openvino, file_size
 
     cfg = ctx.cfg
     # 1. the trained model
-    checkpoint = ctx.upstream("train") / "best.safetensors"
+    checkpoint = deployed_checkpoint(ctx.upstream_dirs)  # the distilled student when distill ran
     model, _meta = load_checkpoint(checkpoint)
     model.eval()
     graphs = graph_specs(model)
@@ -163,6 +165,8 @@ def run_export(ctx: StageContext) -> dict[str, Any]:
             "errors": report.errors[:20],
             "warnings": len(report.warnings),
         }
+        if trt is not None:
+            report.raise_for_errors()  # a TensorRT device: fail here, not in trtexec on the robot
 
     # 3. OpenVINO IR FP32 from the ONNX (keeps input names); compiled with f32 precision for the parity check
     if cfg.openvino_artifacts(cfg.export.openvino):

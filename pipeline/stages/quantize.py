@@ -18,11 +18,13 @@ from typing import Any
 import numpy as np
 
 from pipeline.errors import DataError
-from pipeline.stage import StageContext, stage
+from pipeline.io import atomic_write_json
+from pipeline.stage import CODE_MEASURING, StageContext, stage
 
 log = logging.getLogger(__name__)
 
 MASK = "mask_logits"
+TUNING_IDS = "tuning_ids.json"  # the samples the INT8 fallback was tuned on (validate keeps them out of its gate)
 
 
 def median_ms(fns: dict[str, Callable[[], Any]], runs: int) -> dict[str, float]:
@@ -62,13 +64,15 @@ def artifact_figures(ref_miou: float, miou: float, fp32: Path, int8: Path, ms: d
     upstream=("data", "export", "calibrate"),
     sections=("data", "quant", "device", "bench"),
     version="1",
-    toolchain=("onnx", "onnxruntime", "openvino", "nncf", "nvidia-modelopt"),
+    toolchain=("onnx", "onnxruntime", "openvino", "nncf", "nvidia-modelopt", "tokenizers", "transformers"),
+    code=CODE_MEASURING,
     per_device=True,  # float remainder, compatibility target and threads follow the device profile
 )
 def run_quantize(ctx: StageContext) -> dict[str, Any]:
     """Quantize the full graph for OpenVINO and for TensorRT; measure drop, size and speed of each."""
     from pipeline.data.dataset import open_dataset
     from pipeline.data.tokenize import TextTokenizer
+    from pipeline.stages.validate import threads_of
     from quantize.calibration import load_calibration, score, validation_items
     from quantize.qdq import accuracy_fallback, head_nodes, inspect_qdq, resolve_backend
     from quantize.trt_compat import check_trt_compat, known_versions, load_op_list, resolve_version
@@ -79,7 +83,7 @@ def run_quantize(ctx: StageContext) -> dict[str, Any]:
     export = ctx.upstream("export")
     fp32_onnx, fp32_xml = export / "full.onnx", export / "full.xml"
     meta = read_onnx_metadata(fp32_onnx)
-    threads = cfg.device.threads or cfg.bench.threads
+    threads = threads_of(cfg)  # the same threads validate and bench time every runtime with
 
     # 1. data: calibration set and a validation subset of the evaluation splits, disjoint from it
     calib = load_calibration(ctx.upstream("calibrate") / "calib.npz")
@@ -91,10 +95,17 @@ def run_quantize(ctx: StageContext) -> dict[str, Any]:
         )
     refer = open_dataset(cfg, ctx.upstream("data"))
     tok = TextTokenizer.from_dir(export / "tokenizer", max_length=int(meta["max_tokens"]))
-    items = validation_items(refer, cfg.data.eval_splits, q.eval_samples, tok, int(meta["img_size"]))
+    # the fallback and accuracy control tune on the validation split; validate leaves these samples out of its gate
+    tune_split = cfg.train.val_split if cfg.train.val_split in refer.splits else cfg.data.eval_splits[0]
+    items = validation_items(refer, [tune_split], q.eval_samples, tok, int(meta["img_size"]))
     check_validation_disjoint(items, calib["ids"])
+    atomic_write_json(ctx.out / TUNING_IDS, {"split": tune_split, "ids": [str(it[2]) for it in items]})
     threshold = float(meta.get("threshold", cfg.model.threshold))
-    figures: dict[str, Any] = {"validation_samples": len(items), "calibration_samples": int(len(calib["ids"]))}
+    figures: dict[str, Any] = {
+        "validation_samples": len(items),
+        "validation_split": tune_split,
+        "calibration_samples": int(len(calib["ids"])),
+    }
     sample = items[0].feeds
 
     # 2. FP32 reference in ONNX Runtime (the runtime that also executes the Q/DQ graph here)
@@ -116,7 +127,12 @@ def run_quantize(ctx: StageContext) -> dict[str, Any]:
 
             validation = (items, validation_fn)
         out_xml, info = quantize_openvino_int8(
-            fp32_xml, ctx.out / "full_int8.xml", calib, validation=validation, max_drop=q.target_miou / 100.0
+            fp32_xml,
+            ctx.out / "full_int8.xml",
+            calib,
+            validation=validation,
+            max_drop=q.target_miou / 100.0,
+            ignored_nodes=head_nodes(fp32_onnx),  # the mask head stays float, as in the Q/DQ graph
         )
         ov_int8 = get_runtime("openvino").load(out_xml, threads=threads)
         miou, _ = score(lambda f: ov_int8.infer(f)[MASK], items, threshold)
@@ -178,6 +194,8 @@ def run_quantize(ctx: StageContext) -> dict[str, Any]:
             },
         }
         if not report.ok:
+            if cfg.device.backend == "tensorrt":
+                report.raise_for_errors()  # the bundle's engine build would fail on the robot
             log.warning("quantize: %s", report.summary())
         figures["full_int8_qdq.onnx"] = entry
     figures["machine"] = _machine(threads)

@@ -16,7 +16,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from pipeline.stage import StageContext, stage
+from pipeline.stage import CODE_EVALUATION, StageContext, stage
 
 COMMANDS = (
     "make bench CONFIG={config} DEVICE={device}    # or: python -m pipeline run -c {config} --device {device} "
@@ -56,6 +56,7 @@ def fallback_nodes(quant: dict[str, Any]) -> dict[str, list[str]]:
     upstream=("validate", "bench", "quantize"),
     sections=("device", "quant", "validate", "bench"),
     version="1",
+    code=(*CODE_EVALUATION, "benchmarks.latency", "benchmarks.report"),
     per_device=True,
 )
 def run_report(ctx: StageContext) -> dict[str, Any]:
@@ -87,7 +88,14 @@ def run_report(ctx: StageContext) -> dict[str, Any]:
     }
 
 
-@stage("gate", upstream=("validate", "report"), sections=("quant", "validate"), version="1", per_device=True)
+@stage(
+    "gate",
+    upstream=("validate", "report"),
+    sections=("quant", "validate"),
+    version="1",
+    code=(*CODE_EVALUATION, "benchmarks.latency", "benchmarks.report"),
+    per_device=True,
+)
 def run_gate(ctx: StageContext) -> dict[str, Any]:
     """Fail the run (non-zero exit) when a gated INT8 artifact is over the mIoU budget; the report is written first.
 

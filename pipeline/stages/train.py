@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pipeline.stage import StageContext, stage
+from pipeline.stage import CODE_TRAINING, StageContext, stage
 
 
 @stage(
@@ -16,7 +16,8 @@ from pipeline.stage import StageContext, stage
     upstream=("data",),
     sections=("data", "model", "train"),
     version="1",
-    toolchain=("torch", "timm", "transformers"),
+    toolchain=("torch", "timm", "transformers", "tokenizers"),
+    code=CODE_TRAINING,
     resumable=True,
 )
 def run_train(ctx: StageContext) -> dict[str, Any]:

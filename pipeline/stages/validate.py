@@ -15,15 +15,16 @@ Raising here instead would leave no manifest and no report: the user would see a
 from __future__ import annotations
 
 import importlib.util
+import json
 import logging
 from typing import Any
 
-from pipeline.stage import StageContext, stage
+from pipeline.stage import CODE_EVALUATION, StageContext, stage
 
 log = logging.getLogger(__name__)
 
 # the build stage (TensorRT engines) is optional: a checkout without it still validates and benchmarks
-UPSTREAM = ("data", "train", "export", "quantize") + (
+UPSTREAM = ("data", "train", "distill", "export", "quantize") + (
     ("build",) if importlib.util.find_spec("pipeline.stages.build") else ()
 )
 
@@ -49,7 +50,15 @@ def gate_verdict(entry: dict[str, Any], budget: float, gate_on: str) -> bool:
     upstream=UPSTREAM,
     sections=("data", "model", "quant", "validate", "device"),  # not bench: its settings do not change accuracy
     version="1",
-    toolchain=("torch", "onnxruntime", "openvino", "tensorrt"),
+    toolchain=("torch", "timm", "transformers", "tokenizers", "onnxruntime", "openvino", "tensorrt"),
+    code=(
+        *CODE_EVALUATION,
+        "benchmarks.accuracy",
+        "benchmarks.artifacts",
+        "benchmarks.latency",
+        "pipeline.stages.quantize",
+        "quantize",
+    ),
     per_device=True,
 )
 def run_validate(ctx: StageContext) -> dict[str, Any]:
@@ -59,6 +68,7 @@ def run_validate(ctx: StageContext) -> dict[str, Any]:
     from pipeline.data.dataset import open_dataset
     from pipeline.errors import ArtifactError, PipelineError, RuntimeUnavailable, StageError
     from pipeline.io import atomic_write_json
+    from pipeline.stages.quantize import TUNING_IDS
     from runtimes.processing import Processing
 
     cfg = ctx.cfg
@@ -94,7 +104,10 @@ def run_validate(ctx: StageContext) -> dict[str, Any]:
     # 3. lockstep evaluation over the eval splits, then drops with bootstrap CIs
     refer = open_dataset(cfg, ctx.upstream("data"))
     splits = [s for s in cfg.data.eval_splits if s in refer.splits]
-    samples = eval_samples(refer, splits, proc, cfg.validate_.max_samples)
+    # samples the INT8 fallback was tuned on would flatter the gate: leave them out
+    tuning = ctx.upstream_dirs.get("quantize", ctx.out) / TUNING_IDS
+    tuned = json.loads(tuning.read_text())["ids"] if tuning.is_file() else []
+    samples = eval_samples(refer, splits, proc, cfg.validate_.max_samples, exclude=tuned)
     results = evaluate(loaded, samples, REFERENCE, processing=proc)
     summary = summarize(results, REFERENCE, n_boot=cfg.validate_.bootstrap, seed=cfg.run.seed)
 
@@ -120,6 +133,7 @@ def run_validate(ctx: StageContext) -> dict[str, Any]:
         "gate_on": gate_on,
         "eval_splits": splits,
         "n_samples": len(results[REFERENCE].metrics),
+        "excluded_tuning_samples": len(tuned),
         "protocol": f"original resolution, bilinear upsampling, sigmoid ≥ {proc.threshold}",
         "processing": proc.describe(),
         "threads": threads,

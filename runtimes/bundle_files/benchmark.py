@@ -4,13 +4,17 @@
 Usage: ``python3 benchmark.py [--backend tensorrt] [--precision int8] [--runs 200]``
 
 On a Jetson, lock the clocks first or the figures wander with DVFS:
-``sudo nvpmodel -m 0 && sudo jetson_clocks`` (mode 0 is the maximum-power mode of most modules).
+``sudo nvpmodel -m 0 && sudo jetson_clocks`` (mode 0 is the maximum-power mode of most modules). The script reads the
+GPU's devfreq node (``/sys/class/devfreq/*`` or ``/sys/devices/*/devfreq/*`` named after the GPU: ga10b on Orin,
+gv11b on Xavier, gp10b on TX2, or ``*gpu*``) and reports the clocks locked when its min_freq equals its max_freq
+(what jetson_clocks does) or its governor is ``performance``; without such a node the state is unknown.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import platform
 import sys
 import time
@@ -19,16 +23,54 @@ from pathlib import Path
 import numpy as np
 from common import BACKENDS, Bundle, PipelineError, fail
 
+log = logging.getLogger("bundle.benchmark")
 
-def clocks_locked() -> bool | None:
-    """True/False on a Jetson (from jetson_clocks' effect on the GPU governor), None elsewhere."""
-    gov = Path("/sys/devices/gpu.0/devfreq/17000000.ga10b/governor")
-    if not Path("/etc/nv_tegra_release").exists():
-        return None
+DEVFREQ_GLOBS = ("sys/class/devfreq/*", "sys/devices/*/devfreq/*")
+GPU_DEVFREQ_NAMES = ("ga10b", "gv11b", "gp10b", "gpu")
+
+
+def gpu_devfreq_node(root: Path = Path("/")) -> Path | None:
+    """The GPU's devfreq folder under ``root`` (a Jetson's integrated GPU), None when there is none."""
+    for pattern in DEVFREQ_GLOBS:
+        for node in sorted(root.glob(pattern)):
+            if any(key in node.name.lower() for key in GPU_DEVFREQ_NAMES) and node.is_dir():
+                return node
+    return None
+
+
+def _read(node: Path, name: str) -> str | None:
     try:
-        return gov.read_text().strip() == "performance"
-    except OSError:
-        return False
+        return (node / name).read_text().strip()
+    except OSError as exc:
+        log.debug("cannot read %s: %s", node / name, exc)
+        return None
+
+
+def clocks_locked(root: Path = Path("/")) -> bool | None:
+    """True when the GPU clock is pinned (min_freq == max_freq, or the ``performance`` governor), False when it
+    scales, None when unknown (no GPU devfreq node under ``root``, or nothing readable in it)."""
+    node = gpu_devfreq_node(root)
+    if node is None:
+        return None
+    lo, hi, governor = _read(node, "min_freq"), _read(node, "max_freq"), _read(node, "governor")
+    if governor == "performance" or (lo is not None and lo == hi):
+        return True
+    if governor is None and (lo is None or hi is None):
+        return None
+    return False
+
+
+def clock_note(locked: bool | None, root: Path = Path("/")) -> str | None:
+    """What to tell the user about the clocks (None when they are locked)."""
+    if locked is True:
+        return None
+    if locked is False:
+        return "warning: clocks are not locked; run `sudo nvpmodel -m 0 && sudo jetson_clocks` first"
+    node = gpu_devfreq_node(root)
+    where = (
+        f"{node} is not readable" if node else "no GPU devfreq node under /sys/class/devfreq or /sys/devices/*/devfreq"
+    )
+    return f"note: GPU clock state unknown ({where}); on a Jetson, lock the clocks for stable figures"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -41,8 +83,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.runs < 1 or args.warmup < 0:
         return fail(ValueError(f"--runs must be >= 1 and --warmup >= 0, got {args.runs} and {args.warmup}"))
-    if clocks_locked() is False:
-        print("warning: clocks are not locked; run `sudo nvpmodel -m 0 && sudo jetson_clocks` first", file=sys.stderr)
+    locked = clocks_locked()
+    note = clock_note(locked)
+    if note:
+        print(note, file=sys.stderr)
     try:
         bundle = Bundle.here()
         precision = args.precision or bundle.precisions[0]
@@ -68,9 +112,14 @@ def main(argv: list[str] | None = None) -> int:
         "p99_ms": p99,
         "fps": 1e3 / p50,
         "machine": platform.node(),
-        "clocks_locked": clocks_locked(),
+        "clocks_locked": locked,
+        "gpu_devfreq": str(node) if (node := gpu_devfreq_node()) else None,
     }
-    print(f"{args.backend} {precision}: p50 {p50:.2f} ms, p90 {p90:.2f} ms, p99 {p99:.2f} ms ({1e3 / p50:.1f} FPS)")
+    clocks = {True: "clocks locked", False: "clocks NOT locked", None: "clock state unknown"}[locked]
+    print(
+        f"{args.backend} {precision}: p50 {p50:.2f} ms, p90 {p90:.2f} ms, p99 {p99:.2f} ms ({1e3 / p50:.1f} FPS; "
+        f"{clocks})"
+    )
     print(json.dumps(result))
     return 0
 

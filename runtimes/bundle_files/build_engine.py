@@ -1,17 +1,46 @@
 #!/usr/bin/env python3
 """Build this bundle's TensorRT engines on the device they will run on (same as build_engine.sh, in Python).
 
-Usage: ``python3 build_engine.py [--precision int8] [--workspace-mb 1024] [--dla-core 0]``
+Usage: ``python3 build_engine.py [--precision int8] [--workspace-mb 1024] [--dla-core 0]``;
+``python3 build_engine.py --sidecar-only [--precision int8]`` writes the JSON sidecar of an engine that trtexec just
+built (``build_engine.sh`` runs it after each trtexec line) with the settings of that trtexec line, which
+``metadata.json`` records (``models[precision]["build"]``).
+
+Each sidecar gets the description of its own model (``models[precision]["description"]``), the TensorRT version
+installed here and this device's GPU: the runtime refuses an engine without a sidecar, or built elsewhere.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from typing import Any
 
 from common import Bundle, PipelineError, fail
 
-from runtimes.tensorrt_build import BuildSettings, build_engine, default_strongly_typed
+from pipeline.errors import ArtifactError
+from runtimes.tensorrt_build import BuildSettings, build_engine, default_strongly_typed, float_remainder, write_sidecar
+
+
+def model_description(bundle: Bundle, precision: str) -> dict[str, Any]:
+    """The description of the model a precision's engine is built from (older bundles: the bundle's)."""
+    return dict(bundle.model_entry(precision).get("description") or bundle.meta["description"])
+
+
+def recorded_settings(bundle: Bundle, precision: str) -> BuildSettings:
+    """The settings build_engine.sh's trtexec line for ``precision`` was made with.
+
+    Raises:
+        ArtifactError: ``metadata.json`` records none (a bundle made before the settings were recorded).
+    """
+    recorded = bundle.model_entry(precision).get("build")
+    if not isinstance(recorded, dict):
+        raise ArtifactError(
+            f"metadata.json records no trtexec build settings for the {precision} engine (expected "
+            f"models.{precision}.build), so a sidecar cannot say how it was built; build with python3 build_engine.py "
+            "instead, or remake the bundle with the pipeline"
+        )
+    return BuildSettings(**recorded)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -19,25 +48,45 @@ def main(argv: list[str] | None = None) -> int:
     trt = bundle.meta["tensorrt"]
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--precision", default=None, help="default: every precision in the bundle")
-    parser.add_argument("--workspace-mb", type=int, default=trt["workspace_mb"])
-    parser.add_argument("--dla-core", type=int, default=trt.get("dla_core"))
+    parser.add_argument("--workspace-mb", type=int, default=None, help=f"default: {trt['workspace_mb']}")
+    parser.add_argument("--dla-core", type=int, default=None, help=f"default: {trt.get('dla_core')}")
     parser.add_argument("--timing-cache", default="timing.cache")
+    parser.add_argument(
+        "--sidecar-only",
+        action="store_true",
+        help="write the sidecar of an engine trtexec already built (settings from metadata.json)",
+    )
     args = parser.parse_args(argv)
+    if args.sidecar_only and (args.workspace_mb is not None or args.dla_core is not None):
+        return fail(
+            ValueError(
+                "--sidecar-only records the settings build_engine.sh's trtexec lines used (metadata.json); "
+                f"--workspace-mb {args.workspace_mb} / --dla-core {args.dla_core} cannot change how an engine was built"
+            )
+        )
     try:
         for precision in [args.precision] if args.precision else bundle.precisions:
             entry = bundle.model_entry(precision)
+            if not entry.get("engine"):
+                raise ArtifactError(f"the {precision} model has no TensorRT engine in this bundle (it has {entry})")
+            onnx_path, engine_path = bundle.root / entry["onnx"], bundle.root / entry["engine"]
+            description = model_description(bundle, precision)
+            if args.sidecar_only:
+                write_sidecar(onnx_path, engine_path, recorded_settings(bundle, precision), description)
+                print(f"wrote {entry['engine']}.json ({precision})")
+                continue
             import tensorrt
 
+            dla_core = trt.get("dla_core") if args.dla_core is None else args.dla_core
+            remainder = float_remainder(description) if precision == "int8" else None
             settings = BuildSettings(
                 precision=precision,
-                workspace_mb=args.workspace_mb,
-                strongly_typed=default_strongly_typed(precision, tensorrt.__version__),
-                dla_core=args.dla_core,
+                workspace_mb=trt["workspace_mb"] if args.workspace_mb is None else args.workspace_mb,
+                strongly_typed=default_strongly_typed(precision, tensorrt.__version__, remainder, dla_core),
+                dla_core=dla_core,
                 timing_cache=str(bundle.root / args.timing_cache),
             )
-            build_engine(
-                bundle.root / entry["onnx"], bundle.root / entry["engine"], settings, bundle.meta["description"]
-            )
+            build_engine(onnx_path, engine_path, settings, description)
             print(f"built {entry['engine']} ({precision})")
     except (PipelineError, ImportError) as exc:
         return fail(exc)

@@ -9,7 +9,9 @@ TensorRT + cuda-python on the robot, ONNX Runtime or OpenVINO elsewhere); nothin
 from __future__ import annotations
 
 import json
+import logging
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +28,32 @@ from runtimes.processing import Processing  # noqa: E402
 from runtimes.visualize import save_mask_and_overlay  # noqa: E402
 
 BACKENDS = ("tensorrt", "onnxruntime", "openvino")
+log = logging.getLogger("bundle")
+
+
+def check_engine_source(sidecar: Mapping[str, Any], onnx_sha256: str, engine: Path, onnx_rel: str) -> None:
+    """Refuse a stale engine: one whose sidecar says it was built from another ONNX than the bundle's.
+
+    Args:
+        sidecar: the engine's sidecar (``source_sha256``: the sha256 of the ONNX it was built from).
+        onnx_sha256: the sha256 of the bundle's ONNX for that precision.
+        engine: the engine (for the message).
+        onnx_rel: the ONNX's path in the bundle (for the message).
+
+    Raises:
+        ArtifactError: the sidecar names another source ONNX.
+    """
+    built_from = sidecar.get("source_sha256")
+    if not built_from:
+        log.warning(
+            "engine %s: its sidecar records no source_sha256; cannot check it was built from %s", engine, onnx_rel
+        )
+        return
+    if str(built_from) != onnx_sha256:
+        raise ArtifactError(
+            f"engine {engine} is stale: it was built from an ONNX with sha256 {str(built_from)[:16]}... but this "
+            f"bundle's {onnx_rel} has sha256 {onnx_sha256[:16]}...; rebuild the engines with ./build_engine.sh"
+        )
 
 
 class Bundle:
@@ -89,31 +117,64 @@ class Bundle:
         for part in (path, companion):
             if part is not None:
                 self.check_file(part)
+        if backend == "tensorrt":
+            self.check_engine_fresh(precision, path)
         device = "GPU" if backend == "tensorrt" else "CPU"
         rt = get_runtime(backend).load(path, device=device, threads=threads)
         self.check_same_model(rt.metadata, path)
         return rt
 
-    def check_file(self, path: Path) -> None:
-        """Refuse a file whose sha256 differs from its ``SHA256SUMS`` line (files the list lacks are not checked)."""
+    def checksums(self) -> dict[str, str]:
+        """``SHA256SUMS`` as ``{relative path: sha256}`` (empty when the bundle has no list)."""
         if self._sums is None:
             sums = self.root / "SHA256SUMS"
             lines = sums.read_text().splitlines() if sums.is_file() else []
             self._sums = {rel: digest for digest, _, rel in (line.partition("  ") for line in lines) if rel}
+        return self._sums
+
+    def check_file(self, path: Path) -> None:
+        """Refuse a file whose sha256 differs from its ``SHA256SUMS`` line (files the list lacks are not checked)."""
+        sums = self.checksums()
         try:
             rel = path.relative_to(self.root).as_posix()
         except ValueError:  # not inside the bundle: nothing to check against
             return
-        if rel not in self._sums:
+        if rel not in sums:
             return
         if not path.is_file():
             raise ArtifactError(f"{path} is missing from the bundle (SHA256SUMS lists it); re-copy the bundle")
         digest = sha256_file(path)
-        if digest != self._sums[rel]:
+        if digest != sums[rel]:
             raise ArtifactError(
                 f"{path} is truncated or corrupt: sha256 {digest[:16]}... but SHA256SUMS says "
-                f"{self._sums[rel][:16]}...; re-copy the bundle (sha256sum -c SHA256SUMS shows every bad file)"
+                f"{sums[rel][:16]}...; re-copy the bundle (sha256sum -c SHA256SUMS shows every bad file)"
             )
+
+    def onnx_sha256(self, precision: str) -> tuple[str, str]:
+        """``(path in the bundle, sha256)`` of a precision's ONNX: its ``SHA256SUMS`` entry, else computed.
+
+        Raises:
+            ArtifactError: the model has no ONNX, or the ONNX is missing.
+        """
+        entry = self.model_entry(precision)
+        rel = entry.get("onnx")
+        if not rel:
+            raise ArtifactError(f"the {precision} model has no ONNX in this bundle (it has {entry})")
+        listed = self.checksums().get(rel)
+        if listed:
+            return rel, listed
+        path = self.root / rel
+        if not path.is_file():
+            raise ArtifactError(f"{path} is missing from the bundle; re-copy the bundle")
+        return rel, sha256_file(path)
+
+    def check_engine_fresh(self, precision: str, engine: Path) -> None:
+        """Refuse an engine built from another ONNX than this bundle's for ``precision`` (see
+        :func:`check_engine_source`); the sidecar must exist (``runtimes.tensorrt_rt.read_sidecar``)."""
+        from runtimes.tensorrt_rt import read_sidecar
+
+        rel, digest = self.onnx_sha256(precision)
+        check_engine_source(read_sidecar(engine), digest, engine, rel)
 
     def check_same_model(self, metadata: dict[str, Any], path: Path) -> None:
         """Refuse a model of another variant or checkpoint, or one that needs other pre-processing than the bundle."""
@@ -149,4 +210,12 @@ def fail(exc: Exception) -> int:
     return 2
 
 
-__all__ = ["BACKENDS", "Bundle", "PipelineError", "fail", "read_image", "save_mask_and_overlay"]
+__all__ = [
+    "BACKENDS",
+    "Bundle",
+    "PipelineError",
+    "check_engine_source",
+    "fail",
+    "read_image",
+    "save_mask_and_overlay",
+]
