@@ -454,7 +454,8 @@ def resolve_spec(name: str, **overrides: Any) -> ModelSpec:
     """The spec of variant ``name`` with ``overrides`` applied and ``text_config`` filled in.
 
     ``None`` overrides keep the variant's value (the pipeline passes its unset config fields as ``None``). A
-    ``text_dir`` override re-reads the text architecture from that directory unless ``text_config`` is given too.
+    ``text_dir`` override re-reads the text architecture from that directory unless ``text_config`` is given too; a
+    ``vision`` override naming another backbone drops the variant's ``vision_kwargs`` unless they are given too.
 
     Raises:
         ModelError: unknown variant or override key, an invalid value, or no way to know the text architecture.
@@ -468,6 +469,8 @@ def resolve_spec(name: str, **overrides: Any) -> ModelSpec:
     spec = VARIANTS[name]()
     if "text_dir" in overrides and "text_config" not in overrides:
         overrides["text_config"] = None
+    if "vision" in overrides and "vision_kwargs" not in overrides and overrides["vision"] != VARIANTS[name]().vision:
+        overrides["vision_kwargs"] = {}  # the variant's keywords belong to its own backbone
     spec = dataclasses.replace(spec, **overrides)
     if spec.text_config is None:
         if spec.text_dir is None:

@@ -57,6 +57,10 @@ class SynRefConfig(Section):
     max_side: int = Field(320, ge=64, le=4096)
     max_sentences: int = Field(3, ge=1, le=5)
     max_refs: int = Field(4, ge=1, le=12, description="referents per image (objects with a unique expression)")
+    shapes: list[str] | None = Field(
+        None, description="shape vocabulary (categories), at least 2 of SynRef's seven; default: all seven"
+    )
+    colours: list[str] | None = Field(None, description="colour vocabulary, at least 3 of SynRef's seven; default: all")
     image_format: Literal["jpg", "png"] = "jpg"
 
     def model_post_init(self, __context: Any) -> None:
@@ -72,6 +76,18 @@ class SynRefConfig(Section):
             raise ValueError(f"min_objects {self.min_objects} > max_objects {self.max_objects}")
         if self.min_side > self.max_side:
             raise ValueError(f"min_side {self.min_side} > max_side {self.max_side}")
+        from pipeline.data.synref import COLOURS, SHAPES  # the generator owns the vocabulary
+
+        for name, words, valid, least in (("shapes", self.shapes, SHAPES, 2), ("colours", self.colours, COLOURS, 3)):
+            if words is None:
+                continue
+            for word in words:
+                if word not in valid:
+                    raise ValueError(
+                        f"unknown SynRef {name[:-1]} {word!r}{closest(word, valid)}; valid: {', '.join(valid)}"
+                    )
+            if len(set(words)) != len(words) or len(words) < least:
+                raise ValueError(f"SynRef {name} {words}: need at least {least} distinct ones of {', '.join(valid)}")
 
 
 class DataConfig(Section):
@@ -99,6 +115,12 @@ class DataConfig(Section):
 class ModelConfig(Section):
     variant: str = "demo"
     img_size: int | None = Field(None, ge=32, le=2048, description="square input side; default: the variant's")
+    vision: str | None = Field(
+        None, description="timm backbone name (features at strides 4-32); default: the variant's"
+    )
+    vision_kwargs: dict[str, Any] | None = Field(
+        None, description="timm.create_model keywords of the backbone (embed_dim, depths, ...); default: the variant's"
+    )
     max_tokens: int = Field(20, ge=4, le=512)
     text_dir: UserPath | None = Field(None, description="HF directory of the text encoder and tokenizer")
     vision_checkpoint: UserPath | None = Field(None, description="timm checkpoint file for the vision encoder")

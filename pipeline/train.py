@@ -76,6 +76,8 @@ def build_model(mcfg: ModelConfig) -> tuple[nn.Module, set[int]]:
     model = create_model(
         mcfg.variant,
         img_size=mcfg.img_size,
+        vision=mcfg.vision,
+        vision_kwargs=mcfg.vision_kwargs,
         max_tokens=mcfg.max_tokens,
         text_dir=None if mcfg.text_dir is None else str(mcfg.text_dir),
         shift_steps=mcfg.shift_steps,

@@ -546,3 +546,29 @@ def test_synref_config_is_checked():
     with pytest.raises(ConfigError, match="split 'testA' is not generated"):
         load_config(None, ["data.synref.images.testA=0"])
     assert load_config(None, ["data.synref.images.train=5"]).data.synref.images["val"] == 120
+
+
+def test_synref_vocabulary_is_configurable_and_keeps_category_ids(tmp_path):
+    shapes = ["circle", "square", "star"]
+    cfg = _data_cfg(TINY, f"data.synref.shapes={json.dumps(shapes)}", "data.synref.colours=[red, blue, white]")
+    sr.generate_synref(tmp_path, cfg)
+    inst = json.loads((tmp_path / "synref" / "instances.json").read_text())
+    assert {c["name"]: c["id"] for c in inst["categories"]} == {s: sr.SHAPES.index(s) + 1 for s in shapes}
+    used = {(a["category_id"], a["synref"]["colour"]) for a in inst["annotations"]}
+    assert {cat for cat, _ in used} <= {sr.SHAPES.index(s) + 1 for s in shapes}
+    assert {colour for _, colour in used} <= {"red", "blue", "white"}
+    refer = load_refer(tmp_path, "synref")
+    for sample in refer.samples("train"):
+        expr = sr.parse_expression(sample.text)  # still the SynRef grammar, words from the vocabulary only
+        assert expr.shape in shapes and expr.colour in (None, "red", "blue", "white")
+
+
+def test_synref_vocabulary_is_checked():
+    with pytest.raises(ConfigError, match=r"unknown SynRef shape 'sqaure'.*did you mean 'square'.*valid: circle"):
+        load_config(None, ["data.synref.shapes=[circle, sqaure]"])
+    with pytest.raises(ConfigError, match=r"unknown SynRef colour 'pink'.*valid: red"):
+        load_config(None, ["data.synref.colours=[red, green, pink]"])
+    with pytest.raises(ConfigError, match=r"SynRef shapes \['star'\]: need at least 2 distinct"):
+        load_config(None, ["data.synref.shapes=[star]"])
+    with pytest.raises(ConfigError, match=r"SynRef colours \['red', 'red', 'blue'\]: need at least 3 distinct"):
+        load_config(None, ["data.synref.colours=[red, red, blue]"])

@@ -268,6 +268,19 @@ def test_none_overrides_keep_the_variant_defaults() -> None:
     assert resolve_spec("tiny", img_size=96, max_tokens=8).img_size == 96
 
 
+def test_vision_override_builds_another_backbone_without_the_variants_keywords() -> None:
+    spec = resolve_spec("tiny", vision="resnet10t")
+    assert spec.vision == "resnet10t" and spec.vision_kwargs == {}  # Swin's embed_dim/depths would break a ResNet
+    model = RISModel(spec).eval()
+    assert model.vision.channels == (64, 128, 256, 512) and not model.vision.nhwc
+    with torch.inference_mode():
+        assert model(*inputs(model)).shape[1:] == (1, 16, 16)
+    kept = resolve_spec("tiny", vision="swin_tiny_patch4_window7_224")  # the variant's own backbone keeps its keywords
+    assert kept.vision_kwargs == resolve_spec("tiny").vision_kwargs
+    given = resolve_spec("tiny", vision="resnet10t", vision_kwargs={"stem_width": 16})
+    assert given.vision_kwargs == {"stem_width": 16}
+
+
 def test_wrong_input_shapes_are_refused() -> None:
     model = built("tiny").eval()
     image, input_ids, attention_mask = inputs(model)

@@ -19,6 +19,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
+from model import ModelError
 from pipeline import trainstate as ts
 from pipeline import trainutil as tu
 from pipeline.config import load_config
@@ -98,6 +99,14 @@ def test_lr_warms_up_linearly_then_decays_poly_to_zero():
     assert f[2] == 1.0 and all(a > b for a, b in zip(f[2:], f[3:], strict=False))
     assert f[-1] == pytest.approx(1 / 8)
     assert tu.lr_factor(0, total=5, warmup=0, power=0.9) == 1.0
+
+
+def test_config_picks_the_vision_backbone():
+    cfg = load_config(None, ["model.variant=tiny", "model.vision=resnet10t", 'model.vision_kwargs={"stem_width": 16}'])
+    model, _ = build_model(cfg.model)
+    assert model.vision.timm_name == "resnet10t" and model.spec.vision_kwargs == {"stem_width": 16}
+    with pytest.raises(ModelError, match="unknown timm model 'resnet10'"):
+        build_model(load_config(None, ["model.variant=tiny", "model.vision=resnet10"]).model)
 
 
 def test_param_groups_no_decay_on_norms_biases_position_tables_and_encoder_lr():

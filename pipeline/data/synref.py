@@ -2,7 +2,8 @@
 
 Usage: ``stats = generate_synref(out_dir, cfg.data)``, then ``load_refer(out_dir, "synref")``.
 
-A scene holds 3-8 flat shapes (7 shapes, 7 colours, 3 sizes) on a gradient or textured background. Later shapes are
+A scene holds 3-8 flat shapes (7 shapes, 7 colours, 3 sizes; ``data.synref.shapes`` / ``colours`` narrow the
+vocabulary, ``min_objects`` / ``max_objects`` the counts) on a gradient or textured background. Later shapes are
 drawn over earlier ones; what is annotated is the visible part, and every object keeps at least ``MIN_VISIBLE`` of its
 area. Each scene repeats at least one shape, and colours come from a small per-scene palette, so neither the shape nor
 the colour alone names an object: the expression is needed.
@@ -414,13 +415,25 @@ class Scene:
         return self.image.shape[1]
 
 
+def shape_vocabulary(cfg: SynRefConfig) -> list[str]:
+    """The shapes a data set draws from (``data.synref.shapes``; all of :data:`SHAPES` by default), in SHAPES order."""
+    return [s for s in SHAPES if cfg.shapes is None or s in cfg.shapes]
+
+
+def colour_vocabulary(cfg: SynRefConfig) -> list[str]:
+    """The colours a data set draws from (``data.synref.colours``; all of :data:`COLOURS` by default)."""
+    return [c for c in COLOURS if cfg.colours is None or c in cfg.colours]
+
+
 def _scene_specs(rng: np.random.Generator, cfg: SynRefConfig) -> list[tuple[str, str, str]]:
     """Shapes, colours and sizes of a scene: a few shapes (one at least twice) in colours from a small palette."""
+    vocab_shapes, vocab_colours = shape_vocabulary(cfg), colour_vocabulary(cfg)
     n = int(rng.integers(cfg.min_objects, cfg.max_objects + 1))
-    n_shapes = int(rng.integers(min(2, n - 1), min(4, n - 1) + 1))
-    shapes = [str(s) for s in rng.choice(SHAPES, n_shapes, replace=False)]
+    n_shapes = int(rng.integers(min(2, n - 1), min(4, n - 1, len(vocab_shapes)) + 1))
+    shapes = [str(s) for s in rng.choice(vocab_shapes, n_shapes, replace=False)]
     names = [shapes[0], shapes[0]] + [shapes[int(rng.integers(n_shapes))] for _ in range(n - 2)]
-    palette = [str(c) for c in rng.choice(list(COLOURS), int(rng.integers(3, 6)), replace=False)]
+    n_colours = int(rng.integers(3, min(5, len(vocab_colours)) + 1))
+    palette = [str(c) for c in rng.choice(vocab_colours, n_colours, replace=False)]
     specs = []
     for shape in shapes:
         count = names.count(shape)
@@ -597,7 +610,8 @@ def generate_synref(out_dir: str | Path, data_cfg: DataConfig) -> dict[str, Any]
                     "sent_ids": [s["sent_id"] for s in sentences],
                 }
             )
-    categories = [{"id": k + 1, "name": s, "supercategory": "shape"} for k, s in enumerate(SHAPES)]
+    # category ids are fixed by SHAPES, so a shape keeps its id in every vocabulary
+    categories = [{"id": SHAPES.index(s) + 1, "name": s, "supercategory": "shape"} for s in shape_vocabulary(cfg)]
     instances = {
         "info": {"description": "SynRef", "version": GENERATOR_VERSION, "seed": data_cfg.seed},
         "images": images,
