@@ -27,7 +27,7 @@ venv-path:  ## print the venv path
 	@echo $(VENV)
 
 demo: setup  ## the whole pipeline on the embedded default: x86 artifacts + report, the Jetson bundle, then the gate
-	$(PY) -m pipeline run --config $(CONFIG) --device x86-cpu --stages report,bundle $(RUN_ARGS)
+	$(PY) -m pipeline run --config $(CONFIG) --device x86-cpu --stages report $(RUN_ARGS)
 	$(PY) -m pipeline run --config $(CONFIG) --device jetson-orin-nano --stages bundle $(RUN_ARGS)
 	@echo "report: runs/demo/devices/x86-cpu/report/report.html (and report.md)"
 	@echo "Jetson bundle: runs/demo/devices/jetson-orin-nano/bundle/bundle.tar.gz"

@@ -72,10 +72,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Toolchain loggers whose INFO lines describe their own graph passes (hundreds per export), not the pipeline's work:
+# at INFO they are raised to WARNING; ``--log-level DEBUG`` shows them.
+CHATTY_LOGGERS = ("onnxscript", "onnx_ir")
+
+
 def _setup_logging(level: str) -> None:
     logging.basicConfig(
         level=getattr(logging, level), format="%(asctime)s %(levelname)-7s %(name)s: %(message)s", datefmt="%H:%M:%S"
     )
+    if getattr(logging, level) > logging.DEBUG:
+        for name in CHATTY_LOGGERS:
+            logging.getLogger(name).setLevel(max(getattr(logging, level), logging.WARNING))
 
 
 def cmd_run(args: argparse.Namespace, cfg: Config) -> int:
