@@ -44,6 +44,11 @@ class RunConfig(Section):
     seed: int = Field(0, ge=0)
 
 
+# SynRef's vocabulary (pipeline.data.synref draws and renders these; its tests check the two agree)
+SYNREF_SHAPES = ("circle", "square", "triangle", "star", "hexagon", "cross", "ring")
+SYNREF_COLOURS = ("red", "green", "blue", "yellow", "purple", "orange", "white")
+
+
 class SynRefConfig(Section):
     """Sizes of the generated data set (images per split) and scene ranges."""
 
@@ -76,9 +81,10 @@ class SynRefConfig(Section):
             raise ValueError(f"min_objects {self.min_objects} > max_objects {self.max_objects}")
         if self.min_side > self.max_side:
             raise ValueError(f"min_side {self.min_side} > max_side {self.max_side}")
-        from pipeline.data.synref import COLOURS, SHAPES  # the generator owns the vocabulary
-
-        for name, words, valid, least in (("shapes", self.shapes, SHAPES, 2), ("colours", self.colours, COLOURS, 3)):
+        for name, words, valid, least in (
+            ("shapes", self.shapes, SYNREF_SHAPES, 2),
+            ("colours", self.colours, SYNREF_COLOURS, 3),
+        ):
             if words is None:
                 continue
             for word in words:

@@ -563,6 +563,12 @@ def test_synref_vocabulary_is_configurable_and_keeps_category_ids(tmp_path):
         assert expr.shape in shapes and expr.colour in (None, "red", "blue", "white")
 
 
+def test_config_vocabulary_is_the_generators():
+    from pipeline.config import SYNREF_COLOURS, SYNREF_SHAPES
+
+    assert sr.SHAPES == SYNREF_SHAPES and tuple(sr.COLOURS) == SYNREF_COLOURS
+
+
 def test_synref_vocabulary_is_checked():
     with pytest.raises(ConfigError, match=r"unknown SynRef shape 'sqaure'.*did you mean 'square'.*valid: circle"):
         load_config(None, ["data.synref.shapes=[circle, sqaure]"])

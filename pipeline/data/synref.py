@@ -34,7 +34,7 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 from tqdm import tqdm
 
-from pipeline.config import DataConfig, SynRefConfig
+from pipeline.config import SYNREF_SHAPES, DataConfig, SynRefConfig
 from pipeline.errors import DataError
 from pipeline.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 
@@ -49,8 +49,8 @@ SPLIT_KINDS = {
     "testA": ("attribute",),
     "testB": ("location", "relation", "ordinal"),
 }
-SHAPES = ("circle", "square", "triangle", "star", "hexagon", "cross", "ring")
-COLOURS = {
+SHAPES = SYNREF_SHAPES  # circle, square, triangle, star, hexagon, cross, ring
+COLOURS = {  # the names are the config's SYNREF_COLOURS, in that order
     "red": (214, 40, 40),
     "green": (40, 160, 70),
     "blue": (40, 90, 220),
