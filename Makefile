@@ -14,8 +14,9 @@ export TOKENIZERS_PARALLELISM ?= false
 DEVICES := $(sort $(basename $(notdir $(wildcard configs/devices/*.yaml))))
 
 ABLATION_ARGS ?=
+BACKBONE_ARGS ?=
 
-.PHONY: help setup venv-path demo bench report ablations test test-all lint status clean-runs stages devices $(DEVICES)
+.PHONY: help setup venv-path demo bench report ablations backbones test test-all lint status clean-runs stages devices $(DEVICES)
 
 help:  ## list targets
 	@grep -E '^[a-zA-Z0-9_.-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-20s %s\n", $$1, $$2}'
@@ -42,6 +43,9 @@ report: setup  ## validate + bench + report.md/.html/.json + Pareto plot, then t
 
 ablations: setup  ## train the model and its 3 ablations (2 seeds, same budget) -> runs/ablations/ablations.md
 	$(PY) -m benchmarks.ablations --config $(CONFIG) --seeds 0 1 $(ABLATION_ARGS)
+
+backbones: setup  ## the backbone study: Swin from scratch, EfficientNet-Lite0/2, MobileNetV2 (2 seeds) -> runs/backbones/
+	$(PY) -m pipeline.backbones --config $(CONFIG) --seeds 0 1 --adopt-from runs/demo $(BACKBONE_ARGS)
 
 test: setup  ## fast test suite (slow tests excluded)
 	$(PY) -m pytest -q $(PYTEST_ARGS)

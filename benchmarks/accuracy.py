@@ -58,18 +58,31 @@ def eval_samples(
     Yields:
         ``(inputs, gt, meta)``: named batch-1 inputs, the bool ground truth at the ORIGINAL size, the sample's meta.
     """
+    last_id, image = None, None
+    for split, sample in selected_samples(refer, splits, limit, exclude):
+        if sample.image_id != last_id:  # sentences of one image share its encoding
+            image = processing.image(refer.image(sample.image_id))
+            last_id = sample.image_id
+        meta = SampleMeta(sample_key(split, sample), split, sample.kind)
+        yield {**image, **processing.text(sample.text)}, refer.mask(sample.ann_id), meta
+
+
+def sample_key(split: str, sample: Any) -> str:
+    """The id of an evaluation sample: ``split:ref_id:sent_id``."""
+    return f"{split}:{sample.ref_id}:{sample.sent_id}"
+
+
+def selected_samples(
+    refer: Any, splits: Sequence[str], limit: int | None = None, exclude: Collection[str] = ()
+) -> Iterator[tuple[str, Any]]:
+    """``(split, sample)`` in the order :func:`eval_samples` scores them, without reading images."""
     from pipeline.data.dataset import select
 
     exclude = set(exclude)
     for split in splits:
-        last_id, image = None, None
-        kept = [s for s in refer.samples(split) if f"{split}:{s.ref_id}:{s.sent_id}" not in exclude]
+        kept = [s for s in refer.samples(split) if sample_key(split, s) not in exclude]
         for sample in select(kept, limit):
-            if sample.image_id != last_id:  # sentences of one image share its encoding
-                image = processing.image(refer.image(sample.image_id))
-                last_id = sample.image_id
-            meta = SampleMeta(f"{split}:{sample.ref_id}:{sample.sent_id}", split, sample.kind)
-            yield {**image, **processing.text(sample.text)}, refer.mask(sample.ann_id), meta
+            yield split, sample
 
 
 @dataclass
@@ -88,6 +101,7 @@ def evaluate(
     reference: str,
     threshold: float = 0.5,
     processing: Processing | None = None,
+    only: dict[str, Collection[str]] | None = None,
 ) -> dict[str, ArtifactEval]:
     """Run every runtime on every sample, in lockstep, and score it.
 
@@ -97,6 +111,8 @@ def evaluate(
         reference: Name of the FP32 reference runtime; agreement is measured against its masks.
         threshold: Sigmoid threshold of the masks (used when ``processing`` is None).
         processing: Post-processing to use (its threshold wins).
+        only: name → the sample ids that runtime scores (the others: every sample), e.g. a subset for FP32 exports
+            that match the reference to 1e-5, so the time goes to the INT8 artifacts. Not for the reference.
 
     Returns:
         Name → :class:`ArtifactEval`. A runtime that raises gets ``error`` set and is skipped from then on (its
@@ -107,13 +123,16 @@ def evaluate(
     from benchmarks.metrics import logits_to_mask
 
     cut = processing.threshold if processing is not None else threshold
+    only = {name: set(ids) for name, ids in (only or {}).items()}
+    if reference in only:
+        raise ValueError(f"the reference {reference!r} scores every sample; it cannot be limited with `only`")
     state = {name: ArtifactEval() for name in runtimes}
     order = [reference, *(n for n in runtimes if n != reference)]
     for count, (inputs, gt, meta) in enumerate(samples, 1):
         ref_mask = None
         for name in order:
             st = state[name]
-            if st.error:
+            if st.error or (name in only and meta.sample_id not in only[name]):
                 continue
             try:
                 start = time.perf_counter()
@@ -154,6 +173,15 @@ def _subset(m: SegMetrics, labels: list[Any], group: str) -> SegMetrics:
     )
 
 
+def _same_samples(ref: SegMetrics, cand: SegMetrics) -> SegMetrics:
+    """``ref`` restricted to the samples ``cand`` scored (all of them unless ``cand`` ran on a subset)."""
+    if len(cand) == len(ref):
+        return ref
+    state = ref.state_dict()
+    keep = set(cand.sample_ids)
+    return _subset(ref, [sid in keep for sid in state["sample_id"]], True)
+
+
 def summarize(
     results: dict[str, ArtifactEval], reference: str, n_boot: int = 1000, seed: int = 0
 ) -> dict[str, dict[str, Any]]:
@@ -189,9 +217,10 @@ def summarize(
         if name == reference:
             entry["agreement"] = {"n": len(st.metrics), "mean_iou": 1.0, "min_iou": 1.0, "pixel_agreement": 1.0}
         elif not ref.error and len(st.metrics):
-            entry["drop_vs_reference"] = compare(st.metrics, ref.metrics, n_boot=n_boot, seed=seed)
-            entry["drop_by_split"] = _drops_by(st.metrics, ref.metrics, "split", n_boot, seed)
-            entry["drop_by_kind"] = _drops_by(st.metrics, ref.metrics, "kind", n_boot, seed)
+            paired = _same_samples(ref.metrics, st.metrics)  # the reference on this artifact's samples
+            entry["drop_vs_reference"] = compare(st.metrics, paired, n_boot=n_boot, seed=seed)
+            entry["drop_by_split"] = _drops_by(st.metrics, paired, "split", n_boot, seed)
+            entry["drop_by_kind"] = _drops_by(st.metrics, paired, "kind", n_boot, seed)
             entry["agreement"] = st.agreement.result()
             entry["agreement_worst"] = [{"sample_id": s, "iou": v} for s, v in st.agreement.worst(5)]
         out[name] = entry

@@ -578,6 +578,10 @@ class MaskAgreement:
         """Per-sample agreement IoU, in insertion order."""
         return iou_from_iu(self._i, self._u)
 
+    def by_sample(self) -> dict[Hashable | None, float]:
+        """Sample id -> agreement IoU, in insertion order."""
+        return dict(zip(self._ids, self.ious().tolist(), strict=True))
+
     def worst(self, k: int = 10) -> list[tuple[Hashable | None, float]]:
         """The ``k`` samples with the lowest agreement IoU as ``(sample_id, iou)``, lowest first."""
         ious = self.ious()

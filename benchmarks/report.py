@@ -583,10 +583,58 @@ def render_markdown(rep: dict[str, Any], plot_name: str = "latency_vs_miou.png")
     sg_head, sg_body = _split_graph_table(rep)
     if sg_body:
         parts += ["## Split graph: one encoded frame, k expressions (p50 ms)", "", _md_table(sg_head, sg_body), ""]
+    parts += _gallery_markdown(rep)
     parts += ["## How these figures were measured", "", *_notes(rep)]
     if ctx.get("commands"):
         parts += ["", "Reproduce:", "", "```", *ctx["commands"], "```"]
     return "\n".join(parts) + "\n"
+
+
+GALLERY_TITLE = "Mask gallery: the samples where INT8 departs most from FP32 first"
+GALLERY_NOTE = (
+    "Each row: the image, the ground truth (green), then each artifact's mask (red) with its IoU against the ground "
+    "truth and its agreement (agr, IoU) with the FP32 mask."
+)
+
+
+def _gallery_rows(rep: dict[str, Any]) -> list[dict[str, Any]]:
+    return ((rep.get("gallery") or {}).get("rows")) or []
+
+
+def _gallery_cell(panel: dict[str, Any]) -> str:
+    figures = [f"IoU {panel['iou_gt']:.2f}" if panel.get("iou_gt") is not None else None,
+               f"agr {panel['agreement']:.2f}" if panel.get("agreement") is not None else None]  # fmt: skip
+    return ", ".join(f for f in figures if f) or "–"
+
+
+def _gallery_table(rep: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    rows = _gallery_rows(rep)
+    names = [p["title"] for p in rows[0]["panels"][1:]] if rows else []
+    body = [[r["sample_id"], r["sentence"], *[_gallery_cell(p) for p in r["panels"][1:]]] for r in rows]
+    return ["sample", "sentence", *names], body
+
+
+def _gallery_markdown(rep: dict[str, Any]) -> list[str]:
+    rows = _gallery_rows(rep)
+    if not rows:
+        return []
+    parts = [f"## {GALLERY_TITLE}", "", GALLERY_NOTE, "", _md_table(*_gallery_table(rep)), ""]
+    parts += [f"![{r['sample_id']}](gallery/{r['file']})" for r in rows]
+    return [*parts, ""]
+
+
+def _gallery_html(rep: dict[str, Any], pictures: dict[str, bytes]) -> list[str]:
+    rows = _gallery_rows(rep)
+    if not rows:
+        return []
+    parts = [f"<h2>{html.escape(GALLERY_TITLE)}</h2>", f"<p>{html.escape(GALLERY_NOTE)}</p>",
+             _html_table(*_gallery_table(rep))]  # fmt: skip
+    for r in rows:
+        data = pictures.get(r["file"])
+        if data:
+            parts.append(f'<div><img alt="{html.escape(r["sample_id"])}" '
+                         f'src="data:image/png;base64,{base64.b64encode(data).decode()}"></div>')  # fmt: skip
+    return parts
 
 
 CSS = """
@@ -636,8 +684,11 @@ def _html_list(lines: list[str]) -> str:
     return "<ul>" + "".join(f"<li>{_md_inline(ln.removeprefix('- '))}</li>" for ln in lines) + "</ul>"
 
 
-def render_html(rep: dict[str, Any], svg: str | None = None, png: bytes | None = None) -> str:
-    """A self-contained HTML page: inline CSS, the plot inline (SVG, or base64 PNG), no external resources."""
+def render_html(
+    rep: dict[str, Any], svg: str | None = None, png: bytes | None = None, gallery: dict[str, bytes] | None = None
+) -> str:
+    """A self-contained HTML page: inline CSS, the plot inline (SVG, or base64 PNG), the gallery's pictures inline
+    (``gallery``: file name -> PNG bytes), no external resources."""
     ctx = rep.get("context", {})
     front = {i for i, r in enumerate(rep["rows"]) if r["name"] in set(rep.get("pareto", []))}
     if svg:
@@ -670,6 +721,7 @@ def render_html(rep: dict[str, Any], svg: str | None = None, png: bytes | None =
     sg_head, sg_body = _split_graph_table(rep)
     if sg_body:
         parts += ["<h2>Split graph: one encoded frame, k expressions (p50 ms)</h2>", _html_table(sg_head, sg_body)]
+    parts += _gallery_html(rep, gallery or {})
     parts += ["<h2>How these figures were measured</h2>", _html_list(_notes(rep))]
     if ctx.get("commands"):
         parts += ["<p>Reproduce:</p><pre>", html.escape("\n".join(ctx["commands"])), "</pre>"]
@@ -677,13 +729,20 @@ def render_html(rep: dict[str, Any], svg: str | None = None, png: bytes | None =
     return "\n".join(parts) + "\n"
 
 
-def write_report(rep: dict[str, Any], out_dir: str | Path) -> dict[str, Path]:
-    """Write ``report.md``, ``report.html``, ``report.json``, ``latency_vs_miou.png`` and ``.svg`` into ``out_dir``.
+def write_report(rep: dict[str, Any], out_dir: str | Path, gallery_dir: str | Path | None = None) -> dict[str, Path]:
+    """Write ``report.md``, ``report.html``, ``report.json``, ``latency_vs_miou.png`` and ``.svg`` into ``out_dir``,
+    and the mask gallery's pictures (``rep["gallery"]``, PNGs read from ``gallery_dir``) under ``out_dir/gallery/``.
 
     Returns:
         Name → path of each file written.
     """
     out = Path(out_dir)
+    pictures: dict[str, bytes] = {}
+    for row in _gallery_rows(rep):
+        source = Path(gallery_dir or ".") / row["file"]
+        if not source.is_file():
+            raise FileNotFoundError(f"gallery picture {source} named in gallery.json is missing")
+        pictures[row["file"]] = source.read_bytes()
     paths = {
         "md": out / "report.md",
         "html": out / "report.html",
@@ -693,7 +752,10 @@ def write_report(rep: dict[str, Any], out_dir: str | Path) -> dict[str, Path]:
     }
     png, svg = plot(rep, paths["png"], paths["svg"])
     atomic_write_text(paths["md"], render_markdown(rep, paths["png"].name))
-    atomic_write_text(paths["html"], render_html(rep, svg=svg, png=png))
+    for name, data in pictures.items():
+        paths[f"gallery/{name}"] = out / "gallery" / name
+        atomic_write_bytes(paths[f"gallery/{name}"], data)
+    atomic_write_text(paths["html"], render_html(rep, svg=svg, png=png, gallery=pictures))
     atomic_write_json(paths["json"], rep)
     return paths
 

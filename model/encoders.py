@@ -50,6 +50,9 @@ class VisionEncoder(nn.Module):
     Args:
         name: timm model name, e.g. ``swin_tiny_patch4_window7_224``.
         img_size: square input side, fixed at construction (Swin's window masks depend on it).
+        input_affine: ``(scale, shift)`` per RGB channel applied to the input before the backbone, when the backbone's
+            weights were trained with another normalisation than the model's input (EfficientNet-Lite: pixels in
+            [-1, 1], the model's input: ImageNet mean/std). None: the input goes to the backbone as it is.
         **timm_kwargs: passed to ``timm.create_model`` (``embed_dim``, ``depths``, ``window_size``, ...).
 
     Attributes:
@@ -57,8 +60,19 @@ class VisionEncoder(nn.Module):
         feat_sizes: side of each output map for a square ``img_size`` input.
     """
 
-    def __init__(self, name: str, img_size: int, **timm_kwargs: Any) -> None:
+    def __init__(
+        self,
+        name: str,
+        img_size: int,
+        input_affine: tuple[tuple[float, ...], tuple[float, ...]] | None = None,
+        **timm_kwargs: Any,
+    ) -> None:
         super().__init__()
+        self.input_affine = input_affine is not None
+        if input_affine is not None:  # fixed, not learned, not saved: rebuilt from the spec
+            scale, shift = (torch.tensor(v, dtype=torch.float32).reshape(1, 3, 1, 1) for v in input_affine)
+            self.register_buffer("input_scale", scale, persistent=False)
+            self.register_buffer("input_shift", shift, persistent=False)
         self.timm_name = name
         self.img_size = img_size
         self.timm_kwargs = dict(timm_kwargs)
@@ -79,6 +93,8 @@ class VisionEncoder(nn.Module):
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Encode ``image`` [B,3,H,W] into four maps [B,C_i,H/s_i,W/s_i]."""
+        if self.input_affine:
+            image = image * self.input_scale + self.input_shift
         feats = self.body(image)
         out = []
         for i, c in zip(self.take, self.channels, strict=True):
@@ -125,9 +141,13 @@ class TextEncoder(nn.Module):
             blurs the words a referring expression turns on: for all-MiniLM-L6-v2 "the square on the left" and
             "... on the right" have cosine similarity 0.98, while their word features differ.
         attn_implementation: Hugging Face attention kernel, ``eager`` or ``sdpa``.
+        adapter: a trainable residual MLP on the word features (zero-initialised: the encoder's own features at the
+            start), so a frozen pretrained encoder's words can be re-weighted for the task ("left", "second").
     """
 
-    def __init__(self, config: PretrainedConfig, pool: str = "mean", attn_implementation: str = "eager") -> None:
+    def __init__(
+        self, config: PretrainedConfig, pool: str = "mean", attn_implementation: str = "eager", adapter: bool = False
+    ) -> None:
         super().__init__()
         if pool not in SENTENCE_POOLS:
             raise ModelError(f"unknown sentence_pool {pool!r}{closest(pool, SENTENCE_POOLS)}; valid: {SENTENCE_POOLS}")
@@ -136,6 +156,12 @@ class TextEncoder(nn.Module):
         if getattr(self.body, "pooler", None) is not None:
             self.body.pooler = None  # unused; a parameter without a gradient would only confuse the optimizer
         self.channels = int(config.hidden_size)
+        self.adapter: nn.Module | None = None
+        if adapter:
+            c = self.channels
+            self.adapter = nn.Sequential(nn.LayerNorm(c), nn.Linear(c, c), nn.GELU(), nn.Linear(c, c))
+            nn.init.zeros_(self.adapter[-1].weight)
+            nn.init.zeros_(self.adapter[-1].bias)
         if pool == "attention":
             self.pool_score = nn.Linear(self.channels, 1)
             nn.init.zeros_(self.pool_score.weight)
@@ -148,6 +174,8 @@ class TextEncoder(nn.Module):
         dtype = self.body.get_input_embeddings().weight.dtype
         bias = (1.0 - attention_mask.to(dtype))[:, None, None, :] * MASK_BIAS  # B, 1, 1, N
         words = self.body(input_ids=input_ids, attention_mask=bias).last_hidden_state  # B, N, Cl
+        if self.adapter is not None:
+            words = words + self.adapter(words)
         if self.pool == "cls":
             return words, words[:, 0]
         if self.pool == "attention":

@@ -9,7 +9,6 @@ and only for timm ``.pth``/``.bin`` files. A hub download happens only with ``al
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -25,6 +24,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from model import ModelError
+from model.pretrained import sha256_file
 from model.ris import ModelSpec, RISModel
 
 log = logging.getLogger(__name__)
@@ -81,6 +81,58 @@ def _filter_for_size(state: dict[str, torch.Tensor], reference: nn.Module) -> di
     return filter_fn(state, reference) if filter_fn is not None else state
 
 
+def _timm_vision_state(model: RISModel, path: str | os.PathLike | None, allow_download: bool) -> tuple[str, dict]:
+    """(source, state dict in timm's names) of the vision weights: a file, a registry entry or the timm hub."""
+    spec = model.spec
+    if path is None and spec.vision_weights:
+        from model.pretrained import get, read_pretrained
+
+        entry = get(spec.vision_weights)
+        if entry.timm_name != spec.vision:
+            raise ModelError(
+                f"vision_weights {spec.vision_weights!r} are weights of {entry.timm_name!r}, but the vision encoder is "
+                f"{spec.vision!r}; set model.vision={entry.timm_name} or another vision_weights entry"
+            )
+        file, state = read_pretrained(spec.vision_weights)
+        return f"{spec.vision_weights} ({entry.pin}: {file.name})", state
+    if path is None:
+        if not allow_download:
+            raise ModelError(
+                f"variant {spec.name!r} expects pretrained vision weights: name a packaged entry "
+                f"(model.vision_weights=<name>; see model.pretrained.REGISTRY), provide a timm checkpoint file of "
+                f"{spec.vision!r} (model.vision_checkpoint=<file>), or set model.allow_download=true"
+            )
+        try:
+            return f"timm hub: {spec.vision}", _full_timm_model(model, pretrained=True).state_dict()
+        except (OSError, RuntimeError, ValueError) as err:
+            raise ModelError(
+                f"downloading {spec.vision!r} weights failed ({err}); provide a timm checkpoint file instead "
+                "(model.vision_checkpoint=<file>)"
+            ) from err
+    return str(path), _read_state_dict(Path(path))
+
+
+def _to_body_keys(state: dict[str, torch.Tensor], body: nn.Module, reference: nn.Module) -> tuple[dict, list[str]]:
+    """Map full-model keys onto the feature net's keys: kept as they are where the feature net keeps timm's names
+    (EfficientNet, MobileNet: ``blocks.0.``), renamed where timm flattened a top-level Sequential (Swin, ResNet-style
+    ``FeatureListNet``: ``layers.0.`` -> ``layers_0.``). Returns (mapped, ignored keys)."""
+    target = body.state_dict()
+    renames = _feature_key_map(reference)
+    mapped, ignored = {}, []
+    for key, value in state.items():
+        new = key
+        if new not in target:
+            for old_prefix, new_prefix in renames.items():
+                if new.startswith(old_prefix):
+                    new = new_prefix + new[len(old_prefix) :]
+                    break
+        if new in target:
+            mapped[new] = value
+        else:
+            ignored.append(key)
+    return mapped, ignored
+
+
 def load_vision_checkpoint(
     model: RISModel, path: str | os.PathLike | None = None, allow_download: bool = False
 ) -> dict[str, Any]:
@@ -88,58 +140,36 @@ def load_vision_checkpoint(
 
     Args:
         model: the model to fill.
-        path: a timm checkpoint (``.safetensors``, ``.pth`` or ``.bin``) of ``model.spec.vision``.
-        allow_download: without ``path``, let timm fetch the default pretrained weights from the hub.
+        path: a timm checkpoint (``.safetensors``, ``.pth`` or ``.bin``) of ``model.spec.vision``. Without it, the
+            packaged weights ``model.spec.vision_weights`` names (:mod:`model.pretrained`), if any.
+        allow_download: without ``path`` or ``vision_weights``, let timm fetch its default weights from the hub.
 
     Returns:
         A report: ``{"source", "loaded", "ignored"}`` (ignored: checkpoint keys the features-only encoder lacks,
         e.g. the classifier head).
 
     Raises:
-        ModelError: no path and no download allowed, file missing/truncated, or keys/shapes that do not fit.
+        ModelError: no source, file missing/truncated/altered, or keys/shapes that do not fit (both named).
     """
     spec = model.spec
     with torch.device("meta"):  # shapes and module names only: no memory, no I/O
         reference = _full_timm_model(model)
-    if path is None:
-        if not allow_download:
-            raise ModelError(
-                f"variant {spec.name!r} expects pretrained vision weights: provide a timm checkpoint file of "
-                f"{spec.vision!r} (model.vision_checkpoint=<file>), or set model.allow_download=true"
-            )
-        source = f"timm hub: {spec.vision}"
+    source, state = _timm_vision_state(model, path, allow_download)
+    if not source.startswith("timm hub"):
         try:
-            state = _full_timm_model(model, pretrained=True).state_dict()  # timm resizes for img_size itself
-        except (OSError, RuntimeError, ValueError) as err:
-            raise ModelError(
-                f"downloading {spec.vision!r} weights failed ({err}); provide a timm checkpoint file instead "
-                "(model.vision_checkpoint=<file>)"
-            ) from err
-    else:
-        source = str(path)
-        try:
-            state = _filter_for_size(_read_state_dict(Path(path)), reference)
+            state = _filter_for_size(state, reference)
         except (AttributeError, KeyError, RuntimeError) as err:  # the filter met modules this model does not have
             raise ModelError(f"vision checkpoint {source!r} is not a checkpoint of {spec.vision!r}: {err}") from err
     body = model.vision.body
     target = body.state_dict()
-    renames = _feature_key_map(reference)
-    mapped, ignored = {}, []
-    for key, value in state.items():
-        new = key
-        for old_prefix, new_prefix in renames.items():
-            if new.startswith(old_prefix):
-                new = new_prefix + new[len(old_prefix) :]
-                break
-        if new in target:
-            mapped[new] = value
-        else:
-            ignored.append(key)
-    missing = sorted(set(target) - set(mapped))
+    mapped, ignored = _to_body_keys(state, body, reference)
+    # BatchNorm's step counters are bookkeeping, not weights: checkpoints from other code bases often lack them
+    counters = {k: target[k] for k in target if k.endswith("num_batches_tracked") and k not in mapped}
+    missing = sorted(set(target) - set(mapped) - set(counters))
     if missing:
         raise ModelError(
-            f"vision checkpoint {source!r} lacks {len(missing)} weights of {spec.vision!r} (e.g. {missing[:3]}); "
-            "is it a checkpoint of that architecture?"
+            f"vision checkpoint {source!r} lacks {len(missing)} of the {len(target)} weights of {spec.vision!r} "
+            f"(e.g. {missing[:3]}); is it a checkpoint of that architecture?"
         )
     bad = {k: (list(v.shape), list(target[k].shape)) for k, v in mapped.items() if v.shape != target[k].shape}
     if bad:
@@ -148,7 +178,7 @@ def load_vision_checkpoint(
             f"vision checkpoint {source!r} does not fit {spec.vision!r} at img_size {spec.img_size}: {len(bad)} shape "
             f"mismatches, e.g. {key} {bad[key][0]} vs model {bad[key][1]}"
         )
-    body.load_state_dict(mapped, strict=True)
+    body.load_state_dict(mapped | counters, strict=True)
     log.info("vision weights: %d tensors from %s (%d ignored)", len(mapped), source, len(ignored))
     return {"source": source, "loaded": len(mapped), "ignored": ignored}
 
@@ -229,12 +259,6 @@ def _paths(path: str | os.PathLike) -> tuple[Path, Path]:
     return prefix.with_name(prefix.name + ".safetensors"), prefix.with_name(prefix.name + ".json")
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def save_checkpoint(
@@ -264,7 +288,7 @@ def save_checkpoint(
         "format": CHECKPOINT_FORMAT,
         "version": CHECKPOINT_VERSION,
         "weights": weights_path.name,
-        "sha256": _sha256(weights_path),
+        "sha256": sha256_file(weights_path),
         "spec": json.loads(spec_json),
         "meta": extra_json or {},
     }
@@ -313,7 +337,7 @@ def _read_weights(path: str | os.PathLike, doc: dict[str, Any]) -> dict[str, tor
     weights_path, _ = _paths(path)
     if not weights_path.is_file():
         raise ModelError(f"checkpoint weights {str(weights_path)!r} not found")
-    if doc.get("sha256") and _sha256(weights_path) != doc["sha256"]:
+    if doc.get("sha256") and sha256_file(weights_path) != doc["sha256"]:
         raise ModelError(
             f"checkpoint weights {str(weights_path)!r} are truncated or changed (sha256 differs from json)"
         )

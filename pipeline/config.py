@@ -130,12 +130,19 @@ class ModelConfig(Section):
     max_tokens: int = Field(20, ge=4, le=512)
     text_dir: UserPath | None = Field(None, description="HF directory of the text encoder and tokenizer")
     vision_checkpoint: UserPath | None = Field(None, description="timm checkpoint file for the vision encoder")
+    vision_weights: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z0-9_.-]+$",
+        description="packaged ImageNet weights of the vision encoder (model.pretrained: efficientnet_lite0.in1k, "
+        "efficientnet_lite2.in1k, mobilenetv2_100.tv_in1k); sets the backbone to match; default: the variant's",
+    )
     allow_download: bool = Field(False, description="let timm/HF download weights from the hub (needs internet)")
     shift_steps: int | None = Field(None, ge=0, le=8, description="K of recurrent coparsing; 0 = no cyclic shifts")
     balancing: bool | None = None
     casg_attention: bool | None = None
     text_head: bool | None = Field(None, description="sentence-conditioned dynamic term in the mask head")
     sentence_pool: Literal["mean", "cls", "attention"] | None = None
+    text_adapter: bool | None = Field(None, description="trainable residual MLP on the word features")
     threshold: float = Field(0.5, gt=0.0, lt=1.0, description="sigmoid threshold of the mask")
 
 
@@ -175,6 +182,23 @@ class TrainConfig(Section):
     )
     num_workers: int = Field(2, ge=0)
     freeze_text: bool = False
+    freeze_vision_bn: bool = Field(
+        False, description="keep the pretrained vision encoder's BatchNorm statistics as shipped (its affine trains)"
+    )
+    hflip: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="probability of a horizontal flip per training image, with 'left' and 'right' swapped in each of "
+        "its sentences so they stay true (both words must be single tokens of the tokenizer)",
+    )
+    vflip: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="probability of a vertical flip per training image, with 'top'/'bottom' and 'above'/'below' "
+        "swapped in its sentences; for scenes without an up and down (SynRef's flat shapes), not for photographs",
+    )
     dropout: float | None = Field(None, ge=0, lt=1, description="set p of every nn.Dropout; default: the model's")
     drop_path: float | None = Field(None, ge=0, lt=1, description="set every stochastic-depth rate; default: model's")
     threads: int | None = Field(None, ge=1, description="torch CPU threads per process; default: torch's")
@@ -252,8 +276,17 @@ class BuildConfig(Section):
 class ValidateConfig(Section):
     bootstrap: int = Field(1000, ge=100, description="bootstrap resamples of the paired mIoU drop's 95% CI")
     max_samples: int | None = Field(None, ge=1, description="samples per eval split, spread evenly; default: all")
+    fp32_max_samples: int | None = Field(
+        None,
+        ge=1,
+        description="samples per eval split for the FP32 exports other than the reference (the export stage checks "
+        "they match PyTorch), spread evenly among the others; default: as many as max_samples",
+    )
     gate_on: Literal["estimate", "upper_ci"] = Field(
         "estimate", description="INT8 passes when this end of the drop is within quant.budget_miou"
+    )
+    gallery: int = Field(
+        8, ge=0, le=64, description="eval samples in the report's mask gallery (worst INT8 disagreement first); 0: none"
     )
 
 

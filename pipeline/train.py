@@ -78,6 +78,7 @@ def build_model(mcfg: ModelConfig) -> tuple[nn.Module, set[int]]:
         img_size=mcfg.img_size,
         vision=mcfg.vision,
         vision_kwargs=mcfg.vision_kwargs,
+        vision_weights=mcfg.vision_weights,
         max_tokens=mcfg.max_tokens,
         text_dir=None if mcfg.text_dir is None else str(mcfg.text_dir),
         shift_steps=mcfg.shift_steps,
@@ -85,9 +86,11 @@ def build_model(mcfg: ModelConfig) -> tuple[nn.Module, set[int]]:
         casg_attention=mcfg.casg_attention,
         text_head=mcfg.text_head,
         sentence_pool=mcfg.sentence_pool,
+        text_adapter=mcfg.text_adapter,
     )
     report = load_pretrained(model, mcfg.vision_checkpoint, mcfg.text_dir, mcfg.allow_download)
-    parts = [getattr(model, part) for part in ("vision", "text") if part in report]
+    # the pretrained bodies only: a sentence pooling or word adapter on top of them is a new layer (lr, not encoder_lr)
+    parts = [body for part, body in (("vision", model.vision.body), ("text", model.text.body)) if part in report]
     return model, {id(p) for part in parts for p in part.parameters()}
 
 
@@ -250,6 +253,11 @@ def fit(cfg: Config, data_dir: Path, out: Path, teacher: Path | None = None) -> 
         objective = DistillObjective.from_checkpoint(model, teacher, cfg.distill, tc)
         train_set = with_teacher_inputs(train_set, spec, objective.teacher.spec)
     objective.to(dist.device)
+    flips = [  # (probability, swapped token ids, axis, seed offset)
+        (p, [tu.swap_token_ids(tokenizer, pair) for pair in words], axis, offset)
+        for p, words, axis, offset in ((tc.hflip, tu.HFLIP_WORDS, -1, 0), (tc.vflip, tu.VFLIP_WORDS, -2, 1))
+        if p > 0
+    ]
     if dist.ddp:
         tu.sync_batchnorm(objective.model, dist.device)  # statistics of the global batch, as in one process
 
@@ -289,11 +297,14 @@ def fit(cfg: Config, data_dir: Path, out: Path, teacher: Path | None = None) -> 
     label = f"{'distill' if teacher else 'train'} {spec.name}"
     bar = tqdm(total=total, initial=step, desc=label, disable=not dist.main, dynamic_ncols=True)
     t_start, train_seconds, loss_sum, loss_n = time.perf_counter(), 0.0, 0.0, 0
-    objective.train()
+    tu.train_mode(objective, tc.freeze_vision_bn)
     with logging_redirect_tqdm():
         while step < total:
             t0 = time.perf_counter()
             batch = {k: v.to(dist.device, non_blocking=True) for k, v in next(batches).items()}
+            for prob, swaps, axis, offset in flips:
+                seed = ((tc.seed * 7919 + dist.rank) * 2 + offset) * 1_000_003 + step
+                batch = tu.flip_batch(batch, prob, swaps, seed, axis)
             with tu.autocast(dist.device, amp_dtype):
                 loss, parts = net(batch)
             loss_value = tu.mean_across(dist, loss.detach()).item()  # the global batch's mean loss
@@ -323,6 +334,7 @@ def fit(cfg: Config, data_dir: Path, out: Path, teacher: Path | None = None) -> 
                 loss_sum, loss_n = 0.0, 0
             if (step % tc.eval_every == 0 or step == total) and dist.main:
                 scores = evaluate(model, val_samples(), dist.device, amp_dtype, cfg.model.threshold)
+                tu.train_mode(objective, tc.freeze_vision_bn)  # evaluate restores plain train mode
                 curve.write({"step": step, "minutes": minutes} | {f"val_{k}": v for k, v in scores.items()})
                 if best["step"] is None or scores[tc.best_metric] > best[tc.best_metric]:
                     best = {"step": step, "miou": scores["miou"], "oiou": scores["oiou"]}

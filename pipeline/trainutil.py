@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from pipeline.errors import ConfigError, DataError
+from pipeline.errors import ConfigError, DataError, StageError
 
 log = logging.getLogger("pipeline.train")
 
@@ -421,6 +421,81 @@ def forward_shared_images(
         feats = tuple(f.index_select(0, index) for f in distinct)
     words, sentence = model.encode_text(batch["input_ids"], batch["attention_mask"])
     return model.decode(*feats, words, sentence, batch["attention_mask"]), distinct, take
+
+
+def train_mode(objective: nn.Module, freeze_vision_bn: bool) -> None:
+    """Put ``objective`` in train mode; with ``freeze_vision_bn`` the vision encoder's BatchNorm layers stay in eval
+    mode (running statistics as loaded, used in the forward pass; their affine weights still train)."""
+    objective.train()
+    if freeze_vision_bn:
+        model = objective.model if hasattr(objective, "model") else objective
+        for module in model.vision.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                module.eval()
+
+
+def swap_token_ids(tokenizer: Any, words: tuple[str, str]) -> tuple[int, int]:
+    """The token ids of two words that a flip swaps ("left" and "right", "top" and "bottom").
+
+    Raises:
+        StageError: a word is not one token of this tokenizer (a flip could not rewrite the sentence token-wise).
+    """
+    tokens = tokenizer(list(words))
+    ids = []
+    for word, row, mask in zip(words, tokens["input_ids"], tokens["attention_mask"], strict=True):
+        real = [int(i) for i, m in zip(row, mask, strict=True) if m]
+        if len(real) != 3:  # [CLS] word [SEP]
+            raise StageError(
+                f"a training flip needs {word!r} to be one token of the tokenizer, got {len(real) - 2} tokens; "
+                "set train.hflip=0 and train.vflip=0 for this tokenizer"
+            )
+        ids.append(real[1])
+    return ids[0], ids[1]
+
+
+# the words a flip turns into their mirror image: a horizontal flip swaps left and right, a vertical one top and bottom
+HFLIP_WORDS = (("left", "right"),)
+VFLIP_WORDS = (("top", "bottom"), ("above", "below"))
+
+
+def flip_batch(
+    batch: dict[str, torch.Tensor], prob: float, swaps: Sequence[tuple[int, int]], seed: int, axis: int = -1
+) -> dict[str, torch.Tensor]:
+    """Flip each distinct image of a batch along ``axis`` (-1: horizontally, -2: vertically) with probability
+    ``prob``, with its masks, category map and every sentence about it: each pair of ``swaps`` token ids ("left",
+    "right") trade places, so the sentence stays true.
+
+    All samples of one image (``image_key``) flip together, so the shared image encoding stays valid. The decision
+    draws from a generator seeded by ``seed`` (derived from the step): a resumed run flips the same images.
+    """
+    n = len(batch["image"])
+    keys = batch["image_key"].tolist() if "image_key" in batch else list(range(n))
+    gen = torch.Generator().manual_seed(seed)
+    decision: dict[Any, bool] = {}
+    for key in keys:
+        if key not in decision:
+            decision[key] = bool(torch.rand((), generator=gen) < prob)
+    rows = torch.tensor([decision[k] for k in keys], device=batch["image"].device)
+    if not bool(rows.any()):
+        return batch
+    out = dict(batch)
+    for name in ("image", "mask", "category"):
+        if name in batch:
+            x = batch[name]
+            out[name] = torch.where(rows.view(-1, *[1] * (x.dim() - 1)), x.flip(axis), x)
+    ids = batch["input_ids"]
+    swapped = ids
+    for a, b in swaps:
+        swapped = torch.where(ids == a, b, torch.where(ids == b, a, swapped))
+    out["input_ids"] = torch.where(rows[:, None], swapped, ids)
+    return out
+
+
+def hflip_batch(
+    batch: dict[str, torch.Tensor], prob: float, swap: tuple[int, int], seed: int
+) -> dict[str, torch.Tensor]:
+    """:func:`flip_batch` horizontally with one pair of swapped words ("left", "right")."""
+    return flip_batch(batch, prob, [swap], seed, axis=-1)
 
 
 class CategoryHead(nn.Module):

@@ -268,6 +268,22 @@ def test_evaluate_lockstep_drop_ci_agreement_and_kinds():
     assert bad["metrics"]["overall"]["n"] == 40 and "prec@0.9" in bad["metrics"]["overall"]
 
 
+def test_evaluate_scores_a_limited_runtime_on_its_subset_and_pairs_the_drop_with_it():
+    items, good = _samples()
+    worse = {k: np.where(np.arange(8)[None, None, None, :] == 0, -5.0, v).astype(np.float32) for k, v in good.items()}
+    rts = {REFERENCE: FakeRuntime(good), "fp32-export": FakeRuntime(good), "int8": FakeRuntime(worse)}
+    subset = [f"s{i}" for i in range(0, 40, 4)]
+    results = evaluate(rts, iter(items), REFERENCE, only={"fp32-export": subset})
+    assert rts["fp32-export"].calls == 10 and rts["int8"].calls == 40  # the time goes to the INT8 artifact
+    summary = summarize(results, REFERENCE, n_boot=100)
+    limited = summary["fp32-export"]
+    assert limited["n"] == 10 and limited["drop_vs_reference"]["n"] == 10
+    assert limited["drop_vs_reference"]["mIoU"]["diff"] == 0.0 and limited["agreement"]["n"] == 10
+    assert summary["int8"]["drop_vs_reference"]["n"] == 40
+    with pytest.raises(ValueError, match="reference"):
+        evaluate(rts, iter(items), REFERENCE, only={REFERENCE: subset})
+
+
 def test_evaluate_turns_a_crashing_runtime_into_an_error_row():
     items, good = _samples(10)
     rts = {REFERENCE: FakeRuntime(good), "flaky": FakeRuntime(good, fail_after=3)}
@@ -439,5 +455,15 @@ def test_stages_end_to_end_on_tiny(tmp_path):
     assert r["statuses"]["onnxruntime-int8"] == "validation failed"
     md = (dev / "report" / "report.md").read_text()
     assert "TensorRT INT8" in md and "unavailable" in md and "1: /s2rm/MatMul_7" in md
+    # the mask gallery: 8 samples, the broken Q/DQ copy's worst disagreements first, a panel per scored artifact
+    gallery = json.loads((dev / "validate" / "gallery" / "gallery.json").read_text())
+    scored = [n for n, s in v["statuses"].items() if s in ("ok", "validation failed")]
+    assert len(gallery["rows"]) == 8
+    for row in gallery["rows"]:
+        assert [p["title"] for p in row["panels"]] == ["ground truth", *[n for n in scored]]
+    worst = [row["min_agreement"] for row in gallery["rows"]]
+    assert worst == sorted(worst) and worst[0] < 1.0
+    assert "## Mask gallery" in md and (dev / "report" / "gallery" / "00.png").is_file()
+    assert (dev / "report" / "report.html").read_text().count("data:image/png;base64,") >= 8
     with pytest.raises(StageError, match="ONNX Runtime INT8"):
         run_gate(ctx("gate", {"validate": dev / "validate", "report": dev / "report"}))

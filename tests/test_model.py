@@ -42,7 +42,7 @@ def inputs(model: RISModel, batch: int = 2, seed: int = 0) -> tuple[torch.Tensor
 
 
 def test_registry_lists_the_four_variants() -> None:
-    assert {"paper", "edge", "demo", "tiny"} <= set(list_variants())
+    assert {"paper", "edge", "demo", "demo_swin", "tiny"} <= set(list_variants())
 
 
 @pytest.mark.parametrize("name", VARIANTS)
@@ -245,7 +245,7 @@ def test_spec_is_json_serialisable_and_round_trips() -> None:
 
 
 def test_unknown_variant_suggests_the_closest() -> None:
-    with pytest.raises(ModelError, match=r"'dmeo'.*did you mean 'demo'.*valid: demo, edge, paper, tiny"):
+    with pytest.raises(ModelError, match=r"'dmeo'.*did you mean 'demo'.*valid: demo, demo_swin, edge, paper, tiny"):
         create_model("dmeo")
 
 
@@ -373,7 +373,8 @@ def test_vision_weights_without_file_or_download_name_what_to_provide(tmp_path: 
         load_vision_checkpoint(model, half)
     other = tmp_path / "resnet.safetensors"
     save_file(timm.create_model("resnet10t").state_dict(), str(other))
-    with pytest.raises(ModelError, match=r"resnet.safetensors' lacks \d+ weights of 'swin_tiny_patch4_window7_224'"):
+    lacks = r"resnet.safetensors' lacks \d+ of the \d+ weights of 'swin_tiny_patch4_window7_224'"
+    with pytest.raises(ModelError, match=lacks):
         load_vision_checkpoint(model, other)
     assert load_pretrained(model) == {}  # tiny is trained from scratch: nothing to load
 

@@ -397,3 +397,79 @@ def test_resume_loads_nothing_through_pickle(tmp_path, data_dir, monkeypatch):
     monkeypatch.setattr(torch, "load", spy)
     assert fit(cfg, data_dir, tmp_path / "out")["resumed_from"] == 2
     assert seen and all(w is True for w in seen)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# horizontal flip with the sentence rewritten, frozen BatchNorm statistics
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def test_hflip_flips_each_image_with_its_masks_and_swaps_left_and_right_in_its_sentences():
+    from pipeline.data.tokenize import TextTokenizer
+
+    tok = TextTokenizer.from_dir(None, 12)
+    left, right = tu.swap_token_ids(tok, ("left", "right"))
+    texts = ["the star on the left", "the circle right of the square", "the top left ring", "the red cross"]
+    tokens = tok(texts)
+    image = torch.arange(4 * 3 * 2 * 4, dtype=torch.float32).reshape(4, 3, 2, 4)
+    batch = {
+        "image": image,
+        "mask": (image[:, :1] > 40).float(),
+        "category": image[:, 0].long(),
+        "input_ids": torch.from_numpy(tokens["input_ids"]),
+        "image_key": torch.tensor([7, 7, 9, 9]),  # two images, two sentences each
+    }
+    flipped = tu.hflip_batch(batch, 1.0, (left, right), seed=0)
+    assert torch.equal(flipped["image"], image.flip(-1)) and torch.equal(flipped["mask"], batch["mask"].flip(-1))
+    assert torch.equal(flipped["category"], batch["category"].flip(-1))
+    expected = tok(["the star on the right", "the circle left of the square", "the top right ring", "the red cross"])
+    assert torch.equal(flipped["input_ids"], torch.from_numpy(expected["input_ids"]))
+    assert torch.equal(tu.hflip_batch(batch, 0.0, (left, right), seed=0)["image"], image)  # p = 0: untouched
+    # p = 0.5: both sentences of an image flip with it, never one without the other; the seed fixes the choice
+    for seed in range(8):
+        out = tu.hflip_batch(batch, 0.5, (left, right), seed=seed)
+        rows = [not torch.equal(out["image"][i], image[i]) for i in range(4)]
+        assert rows[0] == rows[1] and rows[2] == rows[3]
+        ids_changed = [not torch.equal(out["input_ids"][i], batch["input_ids"][i]) for i in range(3)]
+        assert ids_changed == rows[:3]  # the fourth sentence has no left/right word to swap
+        assert torch.equal(out["image"], tu.hflip_batch(batch, 0.5, (left, right), seed=seed)["image"])
+
+
+def test_vflip_flips_rows_and_swaps_top_bottom_above_below():
+    from pipeline.data.tokenize import TextTokenizer
+
+    tok = TextTokenizer.from_dir(None, 12)
+    swaps = [tu.swap_token_ids(tok, pair) for pair in tu.VFLIP_WORDS]
+    texts = ["the star at the top", "the ring above the red cross", "the second square from the bottom"]
+    image = torch.arange(3 * 3 * 4 * 2, dtype=torch.float32).reshape(3, 3, 4, 2)
+    batch = {"image": image, "mask": image[:, :1] > 30, "input_ids": torch.from_numpy(tok(texts)["input_ids"])}
+    out = tu.flip_batch(batch, 1.0, swaps, seed=3, axis=-2)
+    assert torch.equal(out["image"], image.flip(-2)) and torch.equal(out["mask"], batch["mask"].flip(-2))
+    mirrored = ["the star at the bottom", "the ring below the red cross", "the second square from the top"]
+    assert torch.equal(out["input_ids"], torch.from_numpy(tok(mirrored)["input_ids"]))
+
+
+def test_hflip_refuses_a_tokenizer_that_splits_the_words():
+    split = lambda texts: {  # noqa: E731 — "left" as two tokens
+        "input_ids": np.array([[101, 5, 6, 102], [101, 7, 102, 0]]),
+        "attention_mask": np.array([[1, 1, 1, 1], [1, 1, 1, 0]]),
+    }
+    with pytest.raises(StageError, match=r"flip needs 'left' to be one token of the tokenizer, got 2 tokens"):
+        tu.swap_token_ids(split, ("left", "right"))
+
+
+def test_frozen_vision_batchnorm_keeps_its_statistics_through_training_mode():
+    from model import create_model
+
+    model = create_model("demo")
+    objective = torch.nn.Module()
+    objective.model = model
+    tu.train_mode(objective, freeze_vision_bn=True)
+    bns = [m for m in model.vision.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert bns and not any(m.training for m in bns) and model.fusion.training
+    before = bns[0].running_mean.clone()
+    with torch.no_grad():
+        model.vision(torch.randn(2, 3, model.spec.img_size, model.spec.img_size) * 5)
+    assert torch.equal(bns[0].running_mean, before)
+    tu.train_mode(objective, freeze_vision_bn=False)
+    assert all(m.training for m in bns)

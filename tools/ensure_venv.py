@@ -31,13 +31,18 @@ def requirements() -> list[str]:
     return TORCH_PINS + deps + project["optional-dependencies"]["dev"]
 
 
+def no_deps_requirements() -> list[str]:
+    """Packages installed without their dependencies (weight files whose metadata pins an ancient torch)."""
+    return list(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["s2rm-edge"]["no-deps"])
+
+
 def default_path(reqs: list[str]) -> Path:
     digest = hashlib.sha256(json.dumps([sys.version_info[:2], reqs]).encode()).hexdigest()[:12]
     cache = Path(os.environ.get("S2RM_CACHE", Path.home() / ".cache" / "s2rm-edge"))
     return cache / f"venv-{digest}"
 
 
-def ensure(venv: Path, reqs: list[str]) -> None:
+def ensure(venv: Path, reqs: list[str], no_deps: list[str]) -> None:
     marker = venv / ".complete"
     if marker.exists():
         return
@@ -47,7 +52,9 @@ def ensure(venv: Path, reqs: list[str]) -> None:
     print(f"[venv] creating {venv} (one pip command, about 2 minutes on first use)", file=sys.stderr)
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     subprocess.run([str(venv / "bin" / "pip"), "install", "--quiet", *reqs], check=True)
-    marker.write_text(json.dumps(reqs, indent=1))
+    if no_deps:
+        subprocess.run([str(venv / "bin" / "pip"), "install", "--quiet", "--no-deps", *no_deps], check=True)
+    marker.write_text(json.dumps(reqs + no_deps, indent=1))
 
 
 def main() -> None:
@@ -55,12 +62,12 @@ def main() -> None:
     parser.add_argument("--venv", default="", help="use this venv path instead of the cache folder")
     parser.add_argument("--print-path", action="store_true", help="print the venv path and do nothing else")
     args = parser.parse_args()
-    reqs = requirements()
-    venv = Path(args.venv).resolve() if args.venv else default_path(reqs)
+    reqs, no_deps = requirements(), no_deps_requirements()
+    venv = Path(args.venv).resolve() if args.venv else default_path(reqs + no_deps)
     if args.print_path:
         print(venv)
         return
-    ensure(venv, reqs)
+    ensure(venv, reqs, no_deps)
 
 
 if __name__ == "__main__":

@@ -56,11 +56,12 @@ def fallback_nodes(quant: dict[str, Any]) -> dict[str, list[str]]:
     upstream=("validate", "bench", "quantize"),
     sections=("device", "quant", "validate", "bench"),
     version="1",
-    code=(*CODE_EVALUATION, "benchmarks.latency", "benchmarks.report"),
+    code=(*CODE_EVALUATION, "benchmarks.gallery", "benchmarks.latency", "benchmarks.report"),
     per_device=True,
 )
 def run_report(ctx: StageContext) -> dict[str, Any]:
     """Assemble validation, benchmark and quantization results into report.md / .html / .json and the plot."""
+    from benchmarks.gallery import read_gallery
     from benchmarks.report import assemble, load_json, write_report
 
     cfg = ctx.cfg
@@ -78,7 +79,9 @@ def run_report(ctx: StageContext) -> dict[str, Any]:
         "commands": [c.format(config=config, device=cfg.device.name, html=final / "report.html") for c in COMMANDS],
     }
     rep = assemble(validation, bench, quant, context)
-    paths = write_report(rep, ctx.out)
+    gallery_dir = ctx.upstream("validate") / "gallery"
+    rep["gallery"] = read_gallery(gallery_dir)
+    paths = write_report(rep, ctx.out, gallery_dir)
     return {
         "files": sorted(p.name for p in paths.values()),
         "statuses": {r["name"]: r["status"] for r in rep["rows"]},
@@ -93,7 +96,7 @@ def run_report(ctx: StageContext) -> dict[str, Any]:
     upstream=("validate", "report"),
     sections=("quant", "validate"),
     version="1",
-    code=(*CODE_EVALUATION, "benchmarks.latency", "benchmarks.report"),
+    code=(*CODE_EVALUATION, "benchmarks.gallery", "benchmarks.latency", "benchmarks.report"),
     per_device=True,
 )
 def run_gate(ctx: StageContext) -> dict[str, Any]:

@@ -63,7 +63,7 @@ def gate_verdict(entry: dict[str, Any], budget: float, gate_on: str) -> bool:
 )
 def run_validate(ctx: StageContext) -> dict[str, Any]:
     """Score every artifact in lockstep with the FP32 reference and write ``results.json``."""
-    from benchmarks.accuracy import eval_samples, evaluate, summarize
+    from benchmarks.accuracy import eval_samples, evaluate, sample_key, selected_samples, summarize
     from benchmarks.artifacts import REFERENCE, find_artifacts, load_artifact
     from pipeline.data.dataset import open_dataset
     from pipeline.errors import ArtifactError, PipelineError, RuntimeUnavailable, StageError
@@ -108,7 +108,9 @@ def run_validate(ctx: StageContext) -> dict[str, Any]:
     tuning = ctx.upstream_dirs.get("quantize", ctx.out) / TUNING_IDS
     tuned = json.loads(tuning.read_text())["ids"] if tuning.is_file() else []
     samples = eval_samples(refer, splits, proc, cfg.validate_.max_samples, exclude=tuned)
-    results = evaluate(loaded, samples, REFERENCE, processing=proc)
+    chosen = selected_samples(refer, splits, cfg.validate_.max_samples, exclude=tuned)
+    only = fp32_subsets(loaded, arts, [sample_key(split, s) for split, s in chosen], cfg.validate_.fp32_max_samples)
+    results = evaluate(loaded, samples, REFERENCE, processing=proc, only=only)
     summary = summarize(results, REFERENCE, n_boot=cfg.validate_.bootstrap, seed=cfg.run.seed)
 
     # 4. rows, pass/fail, files
@@ -141,6 +143,10 @@ def run_validate(ctx: StageContext) -> dict[str, Any]:
         "order": [a.name for a in arts],
     }
     atomic_write_json(ctx.out / "results.json", out)
+
+    # 5. the mask gallery: the samples where the artifacts depart most from the FP32 masks, drawn again
+    if cfg.validate_.gallery:
+        write_validation_gallery(loaded, results, refer, proc, cfg.validate_.gallery, ctx.out / "gallery")
     for name, entry in rows.items():
         drop = (entry.get("drop_vs_reference") or {}).get("mIoU", {})
         log.info("validate: %-18s %-22s mIoU %s, drop %s points", name, entry["status"][:22],
@@ -156,6 +162,41 @@ def run_validate(ctx: StageContext) -> dict[str, Any]:
             n: -100 * e["drop_vs_reference"]["mIoU"]["diff"] for n, e in rows.items() if e.get("drop_vs_reference")
         },
     }
+
+
+def fp32_subsets(loaded: dict[str, Any], arts: list[Any], sample_ids: list[str], limit: int | None) -> dict[str, Any]:
+    """name → the sample ids of each FP32 export other than the reference: ``limit`` per split, spread evenly."""
+    from benchmarks.artifacts import REFERENCE
+    from pipeline.data.dataset import select
+
+    if limit is None:
+        return {}
+    by_split: dict[str, list[str]] = {}
+    for sid in sample_ids:
+        by_split.setdefault(sid.split(":", 1)[0], []).append(sid)
+    ids = [sid for split_ids in by_split.values() for sid in select(split_ids, limit)]
+    return {a.name: ids for a in arts if a.name in loaded and a.name != REFERENCE and a.precision == "fp32"}
+
+
+def write_validation_gallery(
+    loaded: dict[str, Any], results: dict[str, Any], refer: Any, proc: Any, n: int, out: Any
+) -> dict[str, Any]:
+    """Pick ``n`` samples by agreement with the reference (lowest first) and write their pictures to ``out``."""
+    from benchmarks.artifacts import REFERENCE
+    from benchmarks.gallery import gallery_rows, gallery_samples, pick_samples, write_gallery
+
+    scored = {name: r for name, r in results.items() if name in loaded and not r.error}
+    agreements = {
+        name: r.agreement.by_sample()
+        for name, r in scored.items()
+        if name != REFERENCE and len(r.agreement)
+    }
+    if not agreements:  # only the reference ran: spread over its samples
+        agreements = {REFERENCE: dict.fromkeys(scored[REFERENCE].metrics.state_dict()["sample_id"], 1.0)}
+    picks = pick_samples(agreements, n)
+    runtimes = {name: loaded[name] for name in scored}
+    rows = gallery_rows(runtimes, REFERENCE, gallery_samples(refer, picks, proc), proc.threshold)
+    return write_gallery(rows, out)
 
 
 def _fmt(x: float | None) -> str:

