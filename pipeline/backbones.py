@@ -30,7 +30,7 @@ log = logging.getLogger("pipeline.backbones")
 
 BACKBONES: dict[str, tuple[str, ...]] = {
     "swin-scratch": ("model.variant=demo_swin",),
-    "efficientnet-lite0": ("model.variant=demo", "model.vision_weights=efficientnet_lite0.in1k"),
+    "efficientnet-lite0": ("model.variant=demo",),  # the demo's own backbone: its stages can be adopted
     "efficientnet-lite2": ("model.variant=demo", "model.vision_weights=efficientnet_lite2.in1k"),
     "mobilenetv2": ("model.variant=demo", "model.vision_weights=mobilenetv2_100.tv_in1k"),
 }

@@ -182,6 +182,9 @@ class TrainConfig(Section):
     )
     num_workers: int = Field(2, ge=0)
     freeze_text: bool = False
+    freeze_vision: bool = Field(
+        False, description="keep the pretrained vision encoder as shipped (no backward through it: ~30% of a step)"
+    )
     freeze_vision_bn: bool = Field(
         False, description="keep the pretrained vision encoder's BatchNorm statistics as shipped (its affine trains)"
     )
