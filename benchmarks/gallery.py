@@ -3,12 +3,12 @@
 Usage (the ``validate`` stage does this)::
 
     picks = pick_samples(agreements, n=8)               # worst FP32-vs-INT8 disagreement first
-    rows = gallery_rows(runtimes, reference, samples_by_id(refer, picks, proc), proc)
+    rows = gallery_rows(runtimes, reference, gallery_samples(refer, picks, proc), proc.threshold)
     write_gallery(rows, out_dir / "gallery")            # one PNG per sample + gallery.png + gallery.json
 
-Each row is one sample: the image, then the ground truth, the reference's mask and each artifact's mask as red
-overlays, under the sentence; each artifact's panel is titled with its IoU against the ground truth and its agreement
-(IoU) with the reference's mask. Samples are ordered by the lowest agreement of any artifact, so the ones where
+Each row is one sample: the image, then the ground truth (green), the reference's mask and each artifact's mask
+(red), each drawn by dimming every pixel outside the mask, under the sentence; each artifact's panel is titled with
+its IoU against the ground truth and its agreement (IoU) with the reference's mask. Samples are ordered by the lowest agreement of any artifact, so the ones where
 quantization changed the answer most come first. numpy + Pillow only.
 """
 
@@ -24,12 +24,12 @@ from typing import Any
 import numpy as np
 
 from benchmarks.metrics import logits_to_mask
-from runtimes.visualize import overlay
 
 PANEL = 160  # side of each panel in pixels
 CAPTION = 30  # caption band above the panels
-TITLE = 16  # title band above each panel
+TITLE = 28  # title band above each panel: the artifact's name, then its figures
 GT_RGB = (40.0, 200.0, 60.0)
+MASK_RGB = (255.0, 32.0, 32.0)
 
 
 @dataclass
@@ -56,8 +56,8 @@ def pick_samples(agreements: Mapping[str, Mapping[str, float]], n: int = 8) -> l
     """Choose ``n`` sample ids: the lowest agreement with the reference first (over all artifacts), then spread.
 
     Args:
-        agreements: artifact -> {sample id -> agreement IoU with the reference's mask}; every artifact scored the
-            same samples (the validate stage's lockstep evaluation), in the same order.
+        agreements: artifact -> {sample id -> agreement IoU with the reference's mask}, in evaluation order; an
+            artifact that did not score a sample counts as agreeing on it.
         n: how many samples.
 
     Returns:
@@ -66,7 +66,7 @@ def pick_samples(agreements: Mapping[str, Mapping[str, float]], n: int = 8) -> l
     """
     if not agreements:
         return []
-    ids = list(next(iter(agreements.values())))
+    ids = list(dict.fromkeys(sid for a in agreements.values() for sid in a))
     worst = {sid: min(a.get(sid, 1.0) for a in agreements.values()) for sid in ids}
     disagreeing = sorted((sid for sid in ids if worst[sid] < 1.0), key=lambda s: (worst[s], ids.index(s)))
     picks = disagreeing[:n]
@@ -77,9 +77,11 @@ def pick_samples(agreements: Mapping[str, Mapping[str, float]], n: int = 8) -> l
     return picks
 
 
-def _tint(rgb: np.ndarray, mask: np.ndarray, colour: tuple[float, float, float]) -> np.ndarray:
-    out = rgb.astype(np.float32)
-    out[mask] = 0.45 * out[mask] + 0.55 * np.asarray(colour, np.float32)
+def highlight(rgb: np.ndarray, mask: np.ndarray, colour: tuple[float, float, float]) -> np.ndarray:
+    """The frame with the pixels outside ``mask`` dimmed to 30% and the mask tinted with ``colour`` (uint8 RGB):
+    the selection reads at a glance whatever the object's own colour."""
+    out = rgb.astype(np.float32) * 0.3
+    out[mask] = 0.6 * rgb[mask].astype(np.float32) + 0.4 * np.asarray(colour, np.float32)
     return out.clip(0, 255).astype(np.uint8)
 
 
@@ -98,23 +100,25 @@ def compose(rgb: np.ndarray, masks: Sequence[np.ndarray], panels: Sequence[Panel
     caption = textwrap.shorten(f'"{sentence}"', width=max(20, n * PANEL // 6), placeholder="…")
     draw.text((4, 8), caption, fill=(0, 0, 0))
     pictures = [rgb] + [
-        _tint(rgb, m, GT_RGB) if i == 0 else overlay(rgb, m) for i, m in enumerate(masks)
+        highlight(rgb, m, GT_RGB if i == 0 else MASK_RGB) for i, m in enumerate(masks)
     ]  # the ground truth in green, predictions in red
-    titles = ["image"] + [_panel_title(p) for p in panels]
-    for k, (pic, title) in enumerate(zip(pictures, titles, strict=True)):
+    titles = [("image", "")] + [_panel_title(p) for p in panels]
+    for k, (pic, (name, figures)) in enumerate(zip(pictures, titles, strict=True)):
         tile = Image.fromarray(pic).resize((PANEL, PANEL), Image.BILINEAR)
         canvas.paste(tile, (k * PANEL, CAPTION + TITLE))
-        draw.text((k * PANEL + 3, CAPTION + 2), title, fill=(0, 0, 0))
+        draw.text((k * PANEL + 3, CAPTION + 1), name, fill=(0, 0, 0))
+        draw.text((k * PANEL + 3, CAPTION + 14), figures, fill=(60, 60, 60))
     return np.asarray(canvas)
 
 
-def _panel_title(panel: Panel) -> str:
-    parts = [panel.title]
+def _panel_title(panel: Panel) -> tuple[str, str]:
+    """(name, figures) of a panel: its two title lines."""
+    figures = []
     if panel.iou_gt is not None:
-        parts.append(f"IoU {panel.iou_gt:.2f}")
+        figures.append(f"IoU {panel.iou_gt:.2f}")
     if panel.agreement is not None:
-        parts.append(f"agr {panel.agreement:.2f}")
-    return " ".join(parts)
+        figures.append(f"agreement {panel.agreement:.2f}")
+    return panel.title, ", ".join(figures)
 
 
 def gallery_rows(

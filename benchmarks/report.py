@@ -381,14 +381,17 @@ def _table_rows(rep: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
         "Size (ratio)", "p50 / p90 / p99 ms", "FPS", "Speed-up", "Peak RSS MB", "Float fallback",
     ]  # fmt: skip
     body = []
+    ref_n = next((((r["metrics"] or {}).get("n")) for r in rep["rows"] if r["name"] == rep["reference"]), None)
     for r in rep["rows"]:
         m, lat, agr = r["metrics"] or {}, r["latency"] or {}, r["agreement"] or {}
         miou = m.get("mIoU")
+        # an artifact scored on a subset (validate.fp32_max_samples) says so: its mIoU is not the reference's samples'
+        subset = f" (n={m['n']})" if ref_n and m.get("n") and m["n"] != ref_n else ""
         body.append(
             [
                 r["label"],
                 r["status"],
-                _f(None if miou is None else miou * POINTS),
+                _f(None if miou is None else miou * POINTS) + subset,
                 "reference" if r["name"] == rep["reference"] else _drop_text(r["drop"]),
                 _f(agr.get("mean_iou"), ".4f"),
                 _size_text(r),

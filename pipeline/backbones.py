@@ -66,7 +66,7 @@ def run_one(cfg: Any, adopt_from: list[Path]) -> Path:
     for source in adopt_from:
         if source.resolve() == runner.run_dir.resolve():
             continue
-        for stage in ("data", "train", "export", "calibrate", "quantize", "validate", "bench"):
+        for stage in ("data", "train", "export", "calibrate", "quantize", "build", "validate", "bench"):
             if runner.adopt(stage, source):
                 log.info("%s: %s adopted from %s", cfg.run.name, stage, source)
     runner.run(["validate", "bench"])
@@ -191,6 +191,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--backbones", nargs="+", default=list(BACKBONES), choices=list(BACKBONES))
     parser.add_argument("--adopt-from", type=Path, action="append", default=[], help="reuse matching stages")
     parser.add_argument("--out", type=Path, default=None, help="default: <run.root>/backbones")
+    parser.add_argument(
+        "--collect-only", action="store_true", help="tabulate the finished runs only, run nothing (lists missing ones)"
+    )
     args = parser.parse_args(argv)
     from benchmarks.latency import describe_machine, machine_info
     from pipeline.cli import _setup_logging
@@ -209,7 +212,13 @@ def main(argv: list[str] | None = None) -> int:
                 cfg = run_config(args.config, args.overrides, name, seed)
                 budget = f"{cfg.train.steps} steps × batch {cfg.train.batch_size}"
                 threads = cfg.bench.threads or cfg.device.threads
-                device_dir = run_one(cfg, shared)
+                if args.collect_only:
+                    device_dir = Path(cfg.run.root) / cfg.run.name / "devices" / DEVICE
+                    if not (device_dir / "bench" / "results.json").is_file():
+                        log.warning("backbone %s seed %d: no finished run in %s; left out", name, seed, device_dir)
+                        continue
+                else:
+                    device_dir = run_one(cfg, shared)
                 run_dir = device_dir.parent.parent
                 if run_dir not in shared:
                     shared.append(run_dir)  # its data stage serves the next runs

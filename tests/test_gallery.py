@@ -49,6 +49,8 @@ def test_pick_samples_puts_the_worst_disagreement_first_then_spreads():
     assert pick_samples(agreements, 5) == ["s1", "s3", "s0", "s2", "s4"]
     assert pick_samples({"a": {f"s{i}": 1.0 for i in range(9)}}, 3) == ["s0", "s4", "s8"]  # all agree: spread
     assert pick_samples({}, 4) == []
+    # an artifact scored on a subset: the samples only the other scored still count
+    assert pick_samples({"fp16": {"s0": 0.9}, "int8": {"s0": 1.0, "s1": 0.2}}, 2) == ["s1", "s0"]
 
 
 def test_rows_have_a_panel_per_artifact_and_the_figures_of_each(tmp_path):

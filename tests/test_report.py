@@ -117,6 +117,13 @@ def test_markdown_has_every_row_and_section(demo_report):
         assert text in md, text
 
 
+def test_an_artifact_scored_on_a_subset_says_so(demo_report):
+    row = next(r for r in demo_report["rows"] if r["name"] == "openvino-fp32")
+    row["metrics"] = dict(row["metrics"], n=30)  # validate.fp32_max_samples: 30 of the reference's 100
+    md = render_markdown(demo_report)
+    assert "| OpenVINO FP32 | ok | 80.00 (n=30) |" in md and "| PyTorch FP32 | ok | 80.00 |" in md
+
+
 def test_write_report_files_are_self_contained(demo_report, tmp_path):
     paths = write_report(demo_report, tmp_path)
     assert {p.name for p in tmp_path.iterdir()} == {

@@ -146,7 +146,7 @@ def run_validate(ctx: StageContext) -> dict[str, Any]:
 
     # 5. the mask gallery: the samples where the artifacts depart most from the FP32 masks, drawn again
     if cfg.validate_.gallery:
-        write_validation_gallery(loaded, results, refer, proc, cfg.validate_.gallery, ctx.out / "gallery")
+        write_validation_gallery(loaded, arts, results, refer, proc, cfg.validate_.gallery, ctx.out / "gallery")
     for name, entry in rows.items():
         drop = (entry.get("drop_vs_reference") or {}).get("mIoU", {})
         log.info("validate: %-18s %-22s mIoU %s, drop %s points", name, entry["status"][:22],
@@ -179,22 +179,20 @@ def fp32_subsets(loaded: dict[str, Any], arts: list[Any], sample_ids: list[str],
 
 
 def write_validation_gallery(
-    loaded: dict[str, Any], results: dict[str, Any], refer: Any, proc: Any, n: int, out: Any
+    loaded: dict[str, Any], arts: list[Any], results: dict[str, Any], refer: Any, proc: Any, n: int, out: Any
 ) -> dict[str, Any]:
     """Pick ``n`` samples by agreement with the reference (lowest first) and write their pictures to ``out``."""
     from benchmarks.artifacts import REFERENCE
     from benchmarks.gallery import gallery_rows, gallery_samples, pick_samples, write_gallery
 
     scored = {name: r for name, r in results.items() if name in loaded and not r.error}
-    agreements = {
-        name: r.agreement.by_sample()
-        for name, r in scored.items()
-        if name != REFERENCE and len(r.agreement)
-    }
+    # the reference and the artifacts that may depart from it (INT8, FP16); the FP32 exports match it to 1e-5
+    kept = [name for name in scored if name == REFERENCE or name in {a.name for a in arts if a.precision != "fp32"}]
+    agreements = {name: scored[name].agreement.by_sample() for name in kept if name != REFERENCE}
     if not agreements:  # only the reference ran: spread over its samples
         agreements = {REFERENCE: dict.fromkeys(scored[REFERENCE].metrics.state_dict()["sample_id"], 1.0)}
     picks = pick_samples(agreements, n)
-    runtimes = {name: loaded[name] for name in scored}
+    runtimes = {name: loaded[name] for name in kept}
     rows = gallery_rows(runtimes, REFERENCE, gallery_samples(refer, picks, proc), proc.threshold)
     return write_gallery(rows, out)
 
