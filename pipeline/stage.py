@@ -69,6 +69,7 @@ CODE_MEASURING = (
     *CODE_EVALUATION,
     "benchmarks.accuracy",
     "benchmarks.artifacts",
+    "benchmarks.gallery",
     "benchmarks.latency",
     "pipeline.stages.validate",
     "quantize",

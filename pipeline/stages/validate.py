@@ -55,6 +55,7 @@ def gate_verdict(entry: dict[str, Any], budget: float, gate_on: str) -> bool:
         *CODE_EVALUATION,
         "benchmarks.accuracy",
         "benchmarks.artifacts",
+        "benchmarks.gallery",
         "benchmarks.latency",
         "pipeline.stages.quantize",
         "quantize",
