@@ -86,6 +86,7 @@ def collect(device_dir: Path) -> dict[str, Any]:
         "overall": {k: ref["overall"][k] for k in ("mIoU", "oIoU", "n")},
         "int8": {},
         "p50_ms": {},
+        "machine": bench.get("machine") or {},
     }
     for name in INT8:
         entry = arts.get(name) or {}
@@ -117,11 +118,13 @@ def params_of(device_dir: Path) -> int:
 
 
 def _mean_std(values: list[float | None]) -> str:
+    """``mean ± std`` in points over the seeds; one seed: its value alone."""
     vals = np.array([v for v in values if v is not None], float)
     if not len(vals):
         return "–"
-    std = vals.std(ddof=1) if len(vals) > 1 else 0.0
-    return f"{100 * vals.mean():.1f} ± {100 * std:.1f}"
+    if len(vals) == 1:
+        return f"{100 * vals[0]:.1f}"
+    return f"{100 * vals.mean():.1f} ± {100 * vals.std(ddof=1):.1f}"
 
 
 def write_markdown(results: dict[str, list[dict[str, Any]]], meta: dict[str, Any], path: Path) -> None:
@@ -130,13 +133,17 @@ def write_markdown(results: dict[str, list[dict[str, Any]]], meta: dict[str, Any
 
     names = list(results)
     first = results[names[0]][0]
-    splits, kinds = list(first["splits"]), list(first["kinds"])
+    order = {s: k for k, s in enumerate(("val", "testA", "testB"))}
+    splits = sorted(first["splits"], key=lambda s: (order.get(s, len(order)), s))
+    kinds = list(first["kinds"])
     lines = [
         "# Backbone study on SynRef",
         "",
         f"The demo recipe ({meta['budget']}) with each vision encoder, seeds {', '.join(map(str, meta['seeds']))}; "
         f"FP32 figures of the PyTorch reference on {first['n_samples']} eval sentences per run (the validate stage), "
-        "in IoU points (×100), mean ± std over seeds.",
+        "in IoU points (×100), mean ± std over the seeds a backbone has (one seed: its value alone); runs: "
+        + ", ".join(f"{n} {len(results[n])}" for n in names)
+        + ".",
         "",
         f"Command: `{meta['command']}`",
         "",
@@ -160,7 +167,8 @@ def write_markdown(results: dict[str, list[dict[str, Any]]], meta: dict[str, Any
               "| backbone | seed | OpenVINO INT8 drop | agreement | Q/DQ ONNX (ONNX Runtime) drop | agreement |",
               "|---|---|---|---|---|---|"]  # fmt: skip
     for name in names:
-        for seed, run in zip(meta["seeds"], results[name], strict=False):
+        for run in results[name]:
+            seed = run["seed"]
             cells = []
             for art in INT8:
                 d = run["int8"][art]
@@ -195,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
         "--collect-only", action="store_true", help="tabulate the finished runs only, run nothing (lists missing ones)"
     )
     args = parser.parse_args(argv)
-    from benchmarks.latency import describe_machine, machine_info
+    from benchmarks.latency import describe_machine
     from pipeline.cli import _setup_logging
     from pipeline.io import atomic_write_json
 
@@ -206,12 +214,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         results: dict[str, list[dict[str, Any]]] = {}
         shared: list[Path] = list(args.adopt_from)
-        budget, threads = "", None
+        budget, machine = "", {}
         for name in args.backbones:
             for seed in args.seeds:
                 cfg = run_config(args.config, args.overrides, name, seed)
                 budget = f"{cfg.train.steps} steps × batch {cfg.train.batch_size}"
-                threads = cfg.bench.threads or cfg.device.threads
                 if args.collect_only:
                     device_dir = Path(cfg.run.root) / cfg.run.name / "devices" / DEVICE
                     if not (device_dir / "bench" / "results.json").is_file():
@@ -224,13 +231,14 @@ def main(argv: list[str] | None = None) -> int:
                     shared.append(run_dir)  # its data stage serves the next runs
                 figures = collect(device_dir) | {"params": params_of(device_dir), "seed": seed}
                 results.setdefault(name, []).append(figures)
+                machine = figures["machine"] or machine
                 log.info("backbone %s seed %d: val mIoU %.4f", name, seed, figures["splits"]["val"]["mIoU"])
         out = args.out or Path(cfg.run.root) / "backbones"
         out.mkdir(parents=True, exist_ok=True)
         meta = {
             "seeds": args.seeds,
             "budget": budget,
-            "machine": describe_machine(machine_info(threads)),
+            "machine": describe_machine(machine),
             "command": "python -m pipeline.backbones " + " ".join(argv if argv is not None else sys.argv[1:]),
         }
         atomic_write_json(out / "backbones.json", {"meta": meta, "backbones": results})

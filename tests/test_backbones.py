@@ -64,6 +64,7 @@ def test_collect_and_the_study_table(tmp_path):
     bb.write_markdown(runs, meta, tmp_path / "backbones.md")
     md = (tmp_path / "backbones.md").read_text()
     assert "| efficientnet-lite0 | 62.0 ± 2.8 | 52.0 ± 2.8 |" in md  # val and testB mIoU, mean ± std over seeds
-    assert "| swin-scratch | 40.0 ± 0.0 |" in md
+    assert "| swin-scratch | 40.0 | 30.0 |" in md  # one seed: its value alone
+    assert "runs: efficientnet-lite0 2, swin-scratch 1" in md
     assert "| efficientnet-lite0 | 0 | +0.40 [+0.20, +0.60] | 0.970 | unavailable: not produced | – |" in md
     assert "| efficientnet-lite0 | 30.0 | – | – | 6.0 | – |" in md
