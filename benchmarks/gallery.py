@@ -8,8 +8,9 @@ Usage (the ``validate`` stage does this)::
 
 Each row is one sample: the image, then the ground truth (green), the reference's mask and each artifact's mask
 (red), each drawn by dimming every pixel outside the mask, under the sentence; each artifact's panel is titled with
-its IoU against the ground truth and its agreement (IoU) with the reference's mask. Samples are ordered by the lowest agreement of any artifact, so the ones where
-quantization changed the answer most come first. numpy + Pillow only.
+its IoU against the ground truth and its agreement (IoU) with the reference's mask. Samples are ordered by the
+lowest agreement of any artifact, so the ones where quantization changed the answer most come first. numpy + Pillow
+only.
 """
 
 from __future__ import annotations
