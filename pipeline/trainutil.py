@@ -491,13 +491,6 @@ def flip_batch(
     return out
 
 
-def hflip_batch(
-    batch: dict[str, torch.Tensor], prob: float, swap: tuple[int, int], seed: int
-) -> dict[str, torch.Tensor]:
-    """:func:`flip_batch` horizontally with one pair of swapped words ("left", "right")."""
-    return flip_batch(batch, prob, [swap], seed, axis=-1)
-
-
 class CategoryHead(nn.Module):
     """Auxiliary per-pixel category logits from the language-free features V1..V4 (training only, never exported).
 

@@ -419,20 +419,20 @@ def test_hflip_flips_each_image_with_its_masks_and_swaps_left_and_right_in_its_s
         "input_ids": torch.from_numpy(tokens["input_ids"]),
         "image_key": torch.tensor([7, 7, 9, 9]),  # two images, two sentences each
     }
-    flipped = tu.hflip_batch(batch, 1.0, (left, right), seed=0)
+    flipped = tu.flip_batch(batch, 1.0, [(left, right)], seed=0)
     assert torch.equal(flipped["image"], image.flip(-1)) and torch.equal(flipped["mask"], batch["mask"].flip(-1))
     assert torch.equal(flipped["category"], batch["category"].flip(-1))
     expected = tok(["the star on the right", "the circle left of the square", "the top right ring", "the red cross"])
     assert torch.equal(flipped["input_ids"], torch.from_numpy(expected["input_ids"]))
-    assert torch.equal(tu.hflip_batch(batch, 0.0, (left, right), seed=0)["image"], image)  # p = 0: untouched
+    assert torch.equal(tu.flip_batch(batch, 0.0, [(left, right)], seed=0)["image"], image)  # p = 0: untouched
     # p = 0.5: both sentences of an image flip with it, never one without the other; the seed fixes the choice
     for seed in range(8):
-        out = tu.hflip_batch(batch, 0.5, (left, right), seed=seed)
+        out = tu.flip_batch(batch, 0.5, [(left, right)], seed=seed)
         rows = [not torch.equal(out["image"][i], image[i]) for i in range(4)]
         assert rows[0] == rows[1] and rows[2] == rows[3]
         ids_changed = [not torch.equal(out["input_ids"][i], batch["input_ids"][i]) for i in range(3)]
         assert ids_changed == rows[:3]  # the fourth sentence has no left/right word to swap
-        assert torch.equal(out["image"], tu.hflip_batch(batch, 0.5, (left, right), seed=seed)["image"])
+        assert torch.equal(out["image"], tu.flip_batch(batch, 0.5, [(left, right)], seed=seed)["image"])
 
 
 def test_vflip_flips_rows_and_swaps_top_bottom_above_below():
