@@ -25,6 +25,7 @@ Conventions (DESIGN §5; public RIS code disagrees on each of them, see research
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable, Hashable, Iterable, Sequence
 from fractions import Fraction
@@ -39,6 +40,7 @@ DEFAULT_THRESHOLD = 0.5
 GROUP_KEYS = ("split", "kind")
 UNLABELLED = "unlabelled"  # group name for samples added without a split / kind
 _BOOT_CHUNK = 1 << 20  # resample-matrix elements per chunk: bounds bootstrap memory to a few tens of MB
+_END = object()  # the end of the shorter sequence in agreement()
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -390,7 +392,7 @@ class SegMetrics:
         if len({len(c) for c in cols}) != 1:
             raise DataError(f"metrics state columns have lengths {[len(c) for c in cols]}; expected equal lengths")
         m = cls(thresholds)
-        for sid, split, kind, i, u in zip(*cols, strict=True):
+        for sid, split, kind, i, u in zip(*cols):  # equal lengths, checked above
             m.add(i, u, sample_id=tuple(sid) if isinstance(sid, list) else sid, split=split, kind=kind)
         return m
 
@@ -414,7 +416,7 @@ class BootstrapCI(NamedTuple):
 
 def _paired_columns(*arrays: Any, names: Sequence[str]) -> np.ndarray:
     cols = [np.asarray(a, dtype=np.float64).reshape(-1) for a in arrays]
-    sizes = {name: c.size for name, c in zip(names, cols, strict=True)}
+    sizes = {name: c.size for name, c in zip(names, cols)}
     if len(set(sizes.values())) != 1:
         raise DataError(f"paired bootstrap needs arrays of equal length over the same samples; got {sizes}")
     if cols[0].size == 0:
@@ -580,7 +582,7 @@ class MaskAgreement:
 
     def by_sample(self) -> dict[Hashable | None, float]:
         """Sample id -> agreement IoU, in insertion order."""
-        return dict(zip(self._ids, self.ious().tolist(), strict=True))
+        return dict(zip(self._ids, self.ious().tolist()))  # one id per sample, as update() appends them
 
     def worst(self, k: int = 10) -> list[tuple[Hashable | None, float]]:
         """The ``k`` samples with the lowest agreement IoU as ``(sample_id, iou)``, lowest first."""
@@ -605,11 +607,8 @@ class MaskAgreement:
 def agreement(masks_a: Iterable[np.ndarray], masks_b: Iterable[np.ndarray]) -> dict[str, Any]:
     """Stream two equally long sequences of bool masks through ``MaskAgreement`` and return its ``result()``."""
     acc = MaskAgreement()
-    try:
-        for a, b in zip(masks_a, masks_b, strict=True):
-            acc.update(a, b)
-    except ValueError as exc:
-        if isinstance(exc, DataError):
-            raise
-        raise DataError(f"agreement() got sequences of different lengths after {len(acc)} pairs: {exc}") from None
+    for a, b in itertools.zip_longest(masks_a, masks_b, fillvalue=_END):  # zip(strict=True) needs Python 3.10
+        if a is _END or b is _END:
+            raise DataError(f"agreement() got sequences of different lengths after {len(acc)} pairs")
+        acc.update(a, b)
     return acc.result()

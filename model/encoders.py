@@ -182,5 +182,6 @@ class TextEncoder(nn.Module):
             scores = self.pool_score(words).squeeze(-1) + (1.0 - attention_mask.to(words.dtype)) * MASK_BIAS  # B, N
             return words, (torch.softmax(scores, dim=1).unsqueeze(-1) * words).sum(1)
         m = attention_mask.to(words.dtype).unsqueeze(-1)  # B, N, 1
-        sentence = (words * m).sum(1) / m.sum(1).clamp(min=1.0)  # B, Cl
+        # both bounds: ONNX Runtime 1.19's float16 Clip takes a missing maximum as 0 (microsoft/onnxruntime#21957)
+        sentence = (words * m).sum(1) / m.sum(1).clamp(min=1.0, max=float(m.shape[1]))  # B, Cl
         return words, sentence

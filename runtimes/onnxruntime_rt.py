@@ -14,6 +14,8 @@ import numpy as np
 from pipeline.errors import ArtifactError, RuntimeUnavailable, choice_error
 from runtimes.base import RuntimeBase, TensorSpec, decode_metadata, prepare_feeds, require, tensor_specs
 
+UNFUSED_QDQ = "session.disable_quant_qdq"  # session config entry: keep Q/DQ pairs as nodes (no QLinear* fusion)
+
 INSTALL_HINT = "pip install onnxruntime (CPU) or onnxruntime-gpu (CUDA / TensorRT execution providers)"
 # device name -> execution providers in priority order (CPU always last so unsupported nodes still run).
 PROVIDERS = {
@@ -78,13 +80,18 @@ class OnnxRuntime(RuntimeBase):
             opts.inter_op_num_threads = 1
         for key, value in (options or {}).items():
             opts.add_session_config_entry(str(key), str(value))
-        try:
-            self._session = ort.InferenceSession(str(path), opts, providers=[p for p in wanted if p in have])
-        except Exception as exc:  # ORT raises its own exception types (Fail, InvalidGraph, ...)
-            raise ArtifactError(f"onnxruntime cannot load {path}: {exc}") from exc
+        providers = [p for p in wanted if p in have]
+        self._session = _session(ort, path, opts, providers)
+        self.metadata = decode_metadata(dict(self._session.get_modelmeta().custom_metadata_map))
+        quant = self.metadata.get("quantization")
+        if isinstance(quant, dict) and quant.get("float_remainder") == "fp16" and UNFUSED_QDQ not in (options or {}):
+            # a Q/DQ graph with an FP16 remainder (TensorRT 11's strongly typed INT8): ONNX Runtime's QLinear fusions
+            # of FP16-scaled Q/DQ pairs measure worse than the graph is, or do not load; run the Q/DQ pairs as written
+            opts.add_session_config_entry(UNFUSED_QDQ, "1")
+            options = {**(options or {}), UNFUSED_QDQ: "1"}
+            self._session = _session(ort, path, opts, providers)
         self.artifact = path
         self.settings = _settings(opts, self._session, options or {})
-        self.metadata = decode_metadata(dict(self._session.get_modelmeta().custom_metadata_map))
         if "inputs" in self.metadata:
             self.inputs = tensor_specs(self.metadata, "inputs", path)
             self.outputs = tensor_specs(self.metadata, "outputs", path)
@@ -101,8 +108,15 @@ class OnnxRuntime(RuntimeBase):
         values = self._session.run(names, prepared)
         return {
             n: np.asarray(v, dtype=np.float32) if v.dtype == np.float16 else v
-            for n, v in zip(names, values, strict=True)
+            for n, v in zip(names, values)  # one value per requested name (no strict=: Python 3.8 on JetPack 5)
         }
+
+
+def _session(ort: Any, path: Path, opts: Any, providers: list[str]) -> Any:
+    try:
+        return ort.InferenceSession(str(path), opts, providers=providers)
+    except Exception as exc:  # ORT raises its own exception types (Fail, InvalidGraph, ...)
+        raise ArtifactError(f"onnxruntime cannot load {path}: {exc}") from exc
 
 
 _ORT_TYPES = {

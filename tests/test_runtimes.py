@@ -159,6 +159,28 @@ def test_onnxruntime_records_threads_and_spinning_options(tmp_path):
     assert plain["intra_op_num_threads"] == "default" and set(plain["config"].values()) == {"default"}
 
 
+def test_onnxruntime_runs_an_fp16_remainder_qdq_graph_unfused(tmp_path):
+    """A Q/DQ graph whose float remainder is FP16 (metadata ``quantization.float_remainder``) runs with ONNX
+    Runtime's Q/DQ fusions off; an FP32-remainder graph keeps them, and an explicit setting wins."""
+    import onnx
+
+    from runtimes.export import set_onnx_metadata
+
+    paths = {}
+    for remainder in ("fp16", "fp32"):
+        model = onnx.load(str(_relu_onnx(tmp_path / f"relu_{remainder}.onnx")))
+        set_onnx_metadata(model, {"quantization": {"float_remainder": remainder}})
+        paths[remainder] = tmp_path / f"relu_{remainder}.onnx"
+        onnx.save(model, str(paths[remainder]))
+    key = "session.disable_quant_qdq"
+    fp16 = get_runtime("onnxruntime").load(paths["fp16"])
+    assert fp16.settings["config"][key] == "1"
+    assert fp16._session.get_session_options().get_session_config_entry(key) == "1"
+    assert get_runtime("onnxruntime").load(paths["fp32"]).settings["config"].get(key, "default") == "default"
+    kept = get_runtime("onnxruntime").load(paths["fp16"], options={key: "0"})
+    assert kept._session.get_session_options().get_session_config_entry(key) == "0"
+
+
 def test_openvino_records_scheduling_properties_and_names_a_bad_one(tmp_path):
     rt = get_runtime("openvino")
     if not rt.is_available():
