@@ -34,8 +34,9 @@ from runtimes.base import RuntimeBase, TensorSpec, decode_metadata, prepare_feed
 log = logging.getLogger(__name__)
 
 INSTALL_HINT = (
-    "needs an NVIDIA GPU, `tensorrt` and `cuda-python` (Jetson: JetPack's python3-libnvinfer + pip install "
-    "cuda-python; x86 GPU host: pip install .[trt])"
+    "needs an NVIDIA GPU, `tensorrt` and `cuda-python` (Jetson: JetPack's python3-libnvinfer + the cuda-python pin "
+    "of that JetPack, in the bundle's README: 11.8.2 on JetPack 5, 12.6.2.post1 on 6.1/6.2; x86 GPU host: pip "
+    "install .[trt])"
 )
 
 
@@ -45,6 +46,37 @@ def _import_tensorrt() -> Any:
     except ImportError as exc:
         raise RuntimeUnavailable(f"tensorrt is not installed ({exc}); TensorRT {INSTALL_HINT}") from None
     return trt
+
+
+# TensorRT DataType member -> numpy dtype, instead of trt.nptype: the TensorRT 8.5.2.2 wheel of JetPack 5.1 maps bool to
+# np.bool, which numpy 1.24 removed (pip's numpy on JetPack 5's Python 3.8), so nptype raises AttributeError for every
+# type there. INT64 exists from TensorRT 9; members a version lacks are skipped.
+NUMPY_OF_TRT = {
+    "FLOAT": "float32",
+    "HALF": "float16",
+    "INT8": "int8",
+    "INT32": "int32",
+    "INT64": "int64",
+    "BOOL": "bool",
+    "UINT8": "uint8",
+}
+
+
+def numpy_dtype(trt: Any, trt_dtype: Any, tensor: str = "") -> np.dtype:
+    """The numpy dtype of a TensorRT ``DataType`` of the installed TensorRT.
+
+    Raises:
+        ArtifactError: the type has no numpy equivalent (BF16, FP8, INT4, ...).
+    """
+    for member, np_name in NUMPY_OF_TRT.items():
+        value = getattr(trt.DataType, member, None)
+        if value is not None and trt_dtype == value:
+            return np.dtype(np_name)
+    raise ArtifactError(
+        f"engine tensor {tensor!r} has TensorRT type {trt_dtype}, which has no numpy type (valid: "
+        f"{', '.join(m for m in NUMPY_OF_TRT if hasattr(trt.DataType, m))}); export that I/O tensor as float32, "
+        "float16, int32 or bool"
+    )
 
 
 def sidecar_path(engine: str | Path) -> Path:
@@ -288,12 +320,14 @@ class TensorRTRuntime(RuntimeBase):
 
         Args:
             artifact: The ``.engine`` file (its sidecar sits beside it).
-            device: Ignored beyond "GPU"/"cuda:N" (the current CUDA device is used); DLA engines carry their core.
+            device: Ignored beyond "GPU"/"cuda:N" (the current CUDA device is used); a DLA engine runs on the DLA core
+                its sidecar records (``build.dla_core``).
             threads: Ignored (GPU execution); accepted for the common runtime signature.
 
         Raises:
             RuntimeUnavailable: TensorRT, CUDA bindings or a GPU are missing.
-            ArtifactError: the engine is missing, corrupt, or was built for another TensorRT version or GPU.
+            ArtifactError: the engine is missing, corrupt, or was built for another TensorRT version, GPU or a DLA
+                core this device lacks.
         """
         del threads
         path = Path(artifact)
@@ -305,7 +339,17 @@ class TensorRTRuntime(RuntimeBase):
         check_compatible(sidecar, trt.__version__, self._cuda.device())
         logger = trt.Logger(trt.Logger.WARNING)
         trt.init_libnvinfer_plugins(logger, "")
-        engine = trt.Runtime(logger).deserialize_cuda_engine(path.read_bytes())
+        runtime = trt.Runtime(logger)
+        dla_core = _get(sidecar, "dla_core")
+        if dla_core is not None:  # unset, TensorRT runs a DLA engine on core 0 whatever core it was built for
+            cores = runtime.num_DLA_cores
+            if not 0 <= int(dla_core) < cores:
+                raise ArtifactError(
+                    f"engine {path} was built for DLA core {dla_core}, but this device has {cores} DLA core(s)"
+                    f"{f' (valid: 0..{cores - 1})' if cores else ''}; rebuild it here (build_engine.sh)"
+                )
+            runtime.DLA_core = int(dla_core)
+        engine = runtime.deserialize_cuda_engine(path.read_bytes())
         if engine is None:
             raise ArtifactError(f"TensorRT {trt.__version__} could not deserialize {path}; see the log above")
         self._engine, self._context = engine, engine.create_execution_context()
@@ -316,14 +360,14 @@ class TensorRTRuntime(RuntimeBase):
             shape = tuple(int(d) for d in engine.get_tensor_shape(name))
             if any(d < 0 for d in shape):  # a dynamic dim: bind the static shape the sidecar describes
                 shape = tuple(int(d) for d in (described.get(name) or {}).get("shape", shape))
-            spec = TensorSpec(name, shape, np.dtype(trt.nptype(engine.get_tensor_dtype(name))).name)
+            spec = TensorSpec(name, shape, numpy_dtype(trt, engine.get_tensor_dtype(name), name).name)
             if engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT:
                 self.inputs[name] = spec
                 self._context.set_input_shape(name, shape)
         for name in names:
             if name not in self.inputs:
                 shape = tuple(int(d) for d in self._context.get_tensor_shape(name))
-                self.outputs[name] = TensorSpec(name, shape, np.dtype(trt.nptype(engine.get_tensor_dtype(name))).name)
+                self.outputs[name] = TensorSpec(name, shape, numpy_dtype(trt, engine.get_tensor_dtype(name), name).name)
                 self._host_out[name] = np.empty(shape, dtype=self.outputs[name].dtype)
         for spec in (*self.inputs.values(), *self.outputs.values()):
             self._ptrs[spec.name] = self._cuda.malloc(int(np.prod(spec.shape)) * np.dtype(spec.dtype).itemsize)
