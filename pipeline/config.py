@@ -312,7 +312,7 @@ class DeviceConfig(Section):
     backend: Literal["openvino", "onnxruntime", "tensorrt"] = "openvino"
     precision: Literal["fp32", "fp16", "int8"] = "int8"
     img_size: int | None = Field(None, ge=32, le=2048, description="input side for this device; default: the model's")
-    jetpack: str | None = Field(None, description="JetPack release the profile targets, e.g. '6.1'")
+    jetpack: str | None = Field(None, description="JetPack release the profile targets (the oldest), e.g. '6.1'")
     trt_version: str | None = Field(None, pattern=r"^\d+\.\d+", description="TensorRT version floor, e.g. '10.3'")
     compute_capability: str | None = Field(None, description="GPU SM version, e.g. '8.7' (Orin)")
     dla_core: int | None = Field(None, ge=0, le=1, description="DLA core to build for (GPU fallback on); None = GPU")
@@ -320,6 +320,61 @@ class DeviceConfig(Section):
     workspace_mb: int = Field(2048, ge=64)
     threads: int | None = Field(None, ge=1)
     opset: int | None = Field(None, ge=13, le=23, description="ONNX opset the device's parser needs")
+
+    @property
+    def strongly_typed_only(self) -> bool:
+        """TensorRT 11+ removed weak typing: no --fp16/--int8 flags, no calibrators; the graph's types decide."""
+        return self.backend == "tensorrt" and self.trt_version is not None and int(self.trt_version.split(".")[0]) >= 11
+
+
+# Strongly typed TensorRT runs Q/DQ graphs with FP16 scales; QuantizeLinear/DequantizeLinear take them from opset 19.
+FP16_QDQ_MIN_OPSET = 19
+
+
+def check_device_profile(cfg: Config) -> None:
+    """Refuse what a device profile's TensorRT cannot build as asked (checks across sections).
+
+    On a strongly typed only TensorRT (11+) an INT8 Q/DQ engine runs each non-quantized layer in the precision the
+    graph gives it: a float remainder left in FP32 would silently give an engine with every such layer in FP32.
+
+    Raises:
+        ConfigError: naming the keys to change.
+    """
+    dev, q = cfg.device, cfg.quant
+    precision = dev.precision if cfg.build.precision == "auto" else cfg.build.precision
+    if not (dev.strongly_typed_only and precision == "int8" and q.qdq):
+        return
+    if q.qdq_float == "fp32":
+        raise ConfigError(
+            f"device {dev.name!r}: TensorRT {dev.trt_version} is strongly typed only (no --fp16 flag), so the Q/DQ "
+            f"INT8 graph must carry its float remainder as FP16; quant.qdq_float = {q.qdq_float!r} would build every "
+            "non-quantized layer in FP32. Set quant.qdq_float to fp16 or auto (valid here: auto, fp16)"
+        )
+    opset = cfg.export.opset or dev.opset
+    if opset is not None and opset < FP16_QDQ_MIN_OPSET:
+        raise ConfigError(
+            f"device {dev.name!r}: an FP16 float remainder needs FP16 Q/DQ scales, opset >= {FP16_QDQ_MIN_OPSET}; "
+            f"export.opset / device.opset = {opset}"
+        )
+
+
+def qdq_float_dtype(cfg: Config, backend: str) -> str:
+    """The float type of the Q/DQ INT8 graph's non-quantized layers (``quant.qdq_float``; ``auto`` decides).
+
+    ``auto``: FP16 where the device's TensorRT is strongly typed only (the graph's types are the engine's), or for
+    ModelOpt on a TensorRT device (its native output); FP32 otherwise (ONNX Runtime's quantizer, and the weakly typed
+    builds that lower the remainder to FP16 with ``--fp16``).
+
+    Args:
+        cfg: the resolved config.
+        backend: the Q/DQ backend that writes the graph (``quantize.qdq.resolve_backend``).
+    """
+    chosen = cfg.quant.qdq_float
+    if chosen != "auto":
+        return chosen
+    if cfg.device.strongly_typed_only:
+        return "fp16"
+    return "fp16" if backend == "modelopt" and cfg.device.backend == "tensorrt" else "fp32"
 
 
 class Config(Section):
@@ -464,6 +519,7 @@ def build_config(tree: dict[str, Any]) -> Config:
     except ValidationError as exc:
         raise _explain(exc, tree) from None
     check_input_paths(cfg)
+    check_device_profile(cfg)
     return cfg
 
 

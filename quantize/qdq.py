@@ -4,13 +4,25 @@ Usage: ``quantize_qdq_int8("model.onnx", "model_int8_qdq.onnx", calib, exclude=h
 ``result = accuracy_fallback("model.onnx", "model_int8_qdq.onnx", calib, evaluate, ref_miou, budget=0.01)``.
 
 Policy (DESIGN §6): symmetric INT8 for activations and weights (zero points 0, as TensorRT requires), per-channel
-weights, Q/DQ only on the inputs of Conv / MatMul / Gemm; LayerNorm, Softmax, residual Add and the mask head (the last
-quantizable node before each output) stay float. Two interchangeable backends write the Q/DQ graph:
+weights; the mask head (the last quantizable node before each output) stays float. Two interchangeable backends write
+the Q/DQ graph, each with its own placement:
 
-- ``modelopt``: NVIDIA ModelOpt's ONNX PTQ (TensorRT-aware partitioning; can cast the float remainder to FP16, which a
-  strongly typed TensorRT 10+ engine then runs in FP16). Used when ``nvidia-modelopt`` is installed.
 - ``onnxruntime``: ``quantize_static`` set up for TensorRT (QDQ, QInt8/QInt8, ``ActivationSymmetric``,
-  ``WeightSymmetric``, per-channel, no bias quantization, MinMax ranges cached between fallback steps).
+  ``WeightSymmetric``, per-channel, no bias quantization, MinMax ranges cached between fallback steps), with Q/DQ
+  only on the inputs of Conv / MatMul / Gemm; LayerNorm, Softmax and residual Adds read float tensors
+  (:func:`keep_float_consumers`).
+- ``modelopt``: NVIDIA ModelOpt's ONNX PTQ with its own TensorRT placement (``_find_nodes_to_quantize`` in
+  ``modelopt/onnx/quantization/int8.py``: MHA and LayerNorm partitions left float, Conv fusion partitions with the
+  non-residual input of an Add quantized, partial-input Q/DQ removed). That placement runs only when no
+  ``op_types_to_quantize`` is passed, so this module passes only the nodes to exclude. Used when
+  ``nvidia-modelopt`` is installed.
+
+Float remainder: ``fp32`` keeps every non-quantized layer in FP32. ``fp16`` writes it as FP16 in the graph, which is
+what a strongly typed TensorRT (required from TensorRT 11, which has no ``--fp16`` flag) runs in FP16: ModelOpt casts
+it itself; for ONNX Runtime's graph :func:`fp16_remainder` does it with ``onnxruntime.transformers.float16`` and keeps
+the graph I/O, the overflow-prone ops of the FP16 export (normalisations, Softmax, reductions, Pow/Sqrt/Exp/Erf) and a
+decomposed LayerNorm in FP32. Both give the Q/DQ nodes FP16 scales (opset ≥ 19), so a DequantizeLinear feeds its
+FP16 Conv/MatMul directly, as in ModelOpt's graphs.
 
 Fallback: evaluate the Q/DQ graph (ONNX Runtime on this host); while the mIoU drop exceeds the target, rank the
 quantized nodes by the local quantization noise of their inputs (one pass over a few calibration samples:
@@ -47,6 +59,10 @@ SENSITIVITY_SAMPLES = 8
 # leaves them patched: after it has run, quantize_static no longer works in this process (measured with 0.47).
 _MODELOPT_RAN = False
 MODELOPT_MIN_OPSET = 19
+FP16_QDQ_MIN_OPSET = 19  # QuantizeLinear / DequantizeLinear take FP16 scales from opset 19 on
+FP16_MIN_NORMAL = 2.0**-14  # a Q/DQ scale below this (or above FP16's max) keeps its Q/DQ nodes in FP32
+FP16_MAX = 65504.0
+LN_DECOMPOSED = re.compile(r"_dec\d+_")  # node names written by quantize.trt_compat.decompose_layernorm
 INPUT_NAMES = ("image", "input_ids", "attention_mask")
 
 
@@ -176,23 +192,106 @@ def _quantize_onnxruntime(
 def _quantize_modelopt(
     src: Path, dst: Path, calibration: dict[str, np.ndarray], exclude: Sequence[str], float_dtype: str
 ) -> None:
+    import inspect
+
     from modelopt.onnx.quantization import quantize as mo_quantize
+
+    from runtimes.export import FP16_KEEP_FLOAT32
 
     global _MODELOPT_RAN
     _MODELOPT_RAN = True
     names = graph_input_names(src)
-    mo_quantize(
-        str(src),
-        quantize_mode="int8",
-        calibration_data={k: calibration[k] for k in names},
-        calibration_method="max",
-        calibration_eps=["cpu"],
-        op_types_to_quantize=list(QUANT_OPS),
-        nodes_to_exclude=[f"^{re.escape(n)}$" for n in exclude] or None,  # ModelOpt takes regular expressions
-        high_precision_dtype=float_dtype,
-        output_path=str(dst),
-        log_level="WARNING",
-    )
+    options: dict[str, Any] = {
+        "quantize_mode": "int8",
+        "calibration_data": {k: calibration[k] for k in names},
+        "calibration_method": "max",
+        "calibration_eps": ["cpu"],
+        # No op_types_to_quantize: with it, ModelOpt quantizes every node of those types and skips its TensorRT
+        # placement (modelopt/onnx/quantization/int8.py, quantize()); exclusions keep that placement.
+        "nodes_to_exclude": [f"^{re.escape(n)}$" for n in exclude] or None,  # ModelOpt takes regular expressions
+        "high_precision_dtype": float_dtype,
+        "output_path": str(dst),
+        "log_level": "WARNING",
+    }
+    if float_dtype == "fp16" and "op_types_to_exclude_fp16" in inspect.signature(mo_quantize).parameters:
+        options["op_types_to_exclude_fp16"] = list(FP16_KEEP_FLOAT32)  # same FP32 islands as the FP16 export
+    mo_quantize(str(src), **options)
+
+
+def _check_fp16_opset(model: Any, what: str) -> None:
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    if opset < FP16_QDQ_MIN_OPSET:
+        raise ConfigError(
+            f"an FP16 float remainder needs opset >= {FP16_QDQ_MIN_OPSET} (FP16 Q/DQ scales); {what} has opset "
+            f"{opset}: export with export.opset (or device.opset) >= {FP16_QDQ_MIN_OPSET}, or use quant.qdq_float=fp32"
+        )
+
+
+def fp16_remainder(model: Any) -> tuple[Any, dict[str, Any]]:
+    """Write the float remainder of a Q/DQ graph as FP16, as a strongly typed TensorRT needs it.
+
+    Uses ``onnxruntime.transformers.float16.convert_float_to_float16`` (ships inside onnxruntime): graph inputs and
+    outputs stay FP32, and so do the op types of the FP16 export's block list (``runtimes.export.FP16_KEEP_FLOAT32``:
+    LayerNorm, Softmax, reductions, Pow/Sqrt/Exp/Erf, ...) and the nodes of a decomposed LayerNorm; Cast nodes join
+    the two. Q/DQ nodes take FP16 scales, except where a scale does not fit FP16's normal range.
+
+    Returns:
+        ``(model, info)``: the converted model and what stayed FP32.
+
+    Raises:
+        ConfigError: the opset is below 19 (no FP16 Q/DQ scales there).
+        ArtifactError: the converter failed.
+    """
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    from quantize.trt_compat import _constant_values
+    from runtimes.export import FP16_KEEP_FLOAT32
+
+    _check_fp16_opset(model, "the Q/DQ graph")
+    for i, node in enumerate(model.graph.node):  # the converter's node block list matches names
+        node.name = node.name or f"{node.op_type}_{i}"
+    consts = _constant_values(model)
+
+    def fits_fp16(name: str) -> bool:
+        scale = np.abs(np.asarray(consts.get(name, 1.0), np.float64))
+        return bool(np.all((scale >= FP16_MIN_NORMAL) & (scale <= FP16_MAX)))
+
+    keep_qdq = [
+        n.name
+        for n in model.graph.node
+        if n.op_type in ("QuantizeLinear", "DequantizeLinear") and len(n.input) > 1 and not fits_fp16(n.input[1])
+    ]
+    keep_ln = [n.name for n in model.graph.node if LN_DECOMPOSED.search(n.name)]
+    try:
+        half = convert_float_to_float16(
+            model, keep_io_types=True, op_block_list=list(FP16_KEEP_FLOAT32), node_block_list=keep_qdq + keep_ln
+        )
+    except Exception as exc:  # converter failures come as assorted types
+        raise ArtifactError(f"FP16 conversion of the Q/DQ graph's float remainder failed: {exc}") from exc
+    info = {
+        "converter": "onnxruntime.transformers.float16",
+        "fp32_ops": list(FP16_KEEP_FLOAT32),
+        "fp32_qdq_nodes": len(keep_qdq),
+        "fp32_layernorm_nodes": len(keep_ln),
+    }
+    return half, info
+
+
+def quantized_op_types(model: Any) -> list[str]:
+    """Op types that read a DequantizeLinear output (through pass-through ops): what the placement quantized."""
+    proto = _load(model)
+    producer = {o: n for n in proto.graph.node for o in n.output}
+    found = set()
+    for node in proto.graph.node:
+        if node.op_type in ("QuantizeLinear", "DequantizeLinear") or node.op_type in PASS_THROUGH_OPS:
+            continue
+        for name in node.input:
+            src = producer.get(name)
+            while src is not None and src.op_type in PASS_THROUGH_OPS:
+                src = producer.get(src.input[0])
+            if src is not None and src.op_type == "DequantizeLinear":
+                found.add(node.op_type)
+    return sorted(found)
 
 
 def quantize_qdq_int8(
@@ -214,7 +313,8 @@ def quantize_qdq_int8(
         calibration: model inputs stacked on axis 0 (``quantize.calibration.load_calibration``).
         exclude: node names kept in float (the mask head, fallback picks).
         backend: ``auto``, ``modelopt`` or ``onnxruntime``.
-        float_dtype: ``fp32`` or ``fp16`` for the non-quantized remainder (``fp16`` needs ModelOpt).
+        float_dtype: ``fp32`` or ``fp16`` for the non-quantized remainder (``fp16``: opset ≥ 19, see
+            :func:`fp16_remainder`).
         cache: ONNX Runtime calibration-range cache file (reused across fallback steps).
         metadata: description entries; the FP32 model's own description is carried over.
 
@@ -230,8 +330,8 @@ def quantize_qdq_int8(
     name = resolve_backend(backend)
     if float_dtype not in ("fp32", "fp16"):
         raise ConfigError(f"float_dtype {float_dtype!r}; valid: fp32, fp16")
-    if float_dtype == "fp16" and name != "modelopt":
-        raise ConfigError("an FP16 float remainder needs the modelopt backend; use float_dtype='fp32' with onnxruntime")
+    if float_dtype == "fp16":
+        _check_fp16_opset(onnx.load(str(src), load_external_data=False), src.name)
     unknown = sorted(set(exclude) - set(quantizable_nodes(src)))
     if unknown:
         raise ArtifactError(f"nodes to exclude {unknown[:5]} are not Conv/MatMul/Gemm nodes of {src}")
@@ -245,7 +345,11 @@ def quantize_qdq_int8(
     except Exception as exc:  # both quantizers raise assorted types
         raise ArtifactError(f"Q/DQ quantization of {src} with {name} failed: {type(exc).__name__}: {exc}") from exc
     model = onnx.load(str(dst))
-    rewired = keep_float_consumers(model)
+    # ModelOpt's placement decides itself which consumers read Q/DQ (the non-residual input of an Add, ...)
+    rewired = keep_float_consumers(model) if name == "onnxruntime" else 0
+    remainder: dict[str, Any] = {}
+    if float_dtype == "fp16" and name == "onnxruntime":
+        model, remainder = fp16_remainder(model)
     meta = {
         **read_onnx_metadata(src),
         **(metadata or {}),
@@ -254,8 +358,10 @@ def quantize_qdq_int8(
             "format": "qdq",
             "backend": name,
             "scheme": "symmetric int8, per-channel weights",
-            "op_types": list(QUANT_OPS),
+            "placement": "modelopt (TensorRT partitions)" if name == "modelopt" else "Conv/MatMul/Gemm inputs",
+            "op_types": quantized_op_types(model),
             "float_remainder": float_dtype,
+            **({"float_remainder_fp16": remainder} if remainder else {}),
             "excluded": list(exclude),
             "calibration_samples": int(len(next(iter(calibration.values())))),
             "float_consumers_rewired": rewired,

@@ -3,10 +3,12 @@
 Usage: ``report = check_trt_compat("model_int8_qdq.onnx", "10.3"); report.raise_for_errors()``.
 
 The supported-op lists are data (``quantize/data/trt_ops_<version>.json``), written from onnx-tensorrt's
-``docs/operators.md`` and ``docs/Changelog.md`` for TensorRT 8.5, 8.6 and 10.3 (see each file's ``source``). A requested
-version uses the closest listed version at or below it (10.13 → 10.3), so the check errs on the strict side. Ops whose
-support could not be confirmed for a version are warnings, not failures. The check cannot replace a real build: it
-catches the failures a parser would report before anyone copies the model to a Jetson.
+``docs/operators.md`` and ``docs/Changelog.md`` for TensorRT 8.5 (JetPack 5), 8.6 (JetPack 6.0), 10.3 (JetPack
+6.1/6.2), 10.16 (JetPack 7.2) and 11.4 (JetPack 7.2.2+); each file's ``source`` names the branch or release it was
+read from. A requested version uses the closest listed version at or below it (10.13 → 10.3), so the check errs on the
+strict side. Ops whose support could not be confirmed for a version, inputs that need only fold to a constant, and
+FP32 compute layers on a strongly typed TensorRT (11+) are warnings, not failures. The check cannot replace a real
+build: it catches the failures a parser would report before anyone copies the model to a Jetson.
 """
 
 from __future__ import annotations
@@ -21,8 +23,10 @@ from typing import Any
 from pipeline.errors import ArtifactError
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
-# The newest list is what a profile without a TensorRT version is checked against.
 QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
+# Layers whose precision a strongly typed TensorRT takes from the graph: FP32 here means FP32 on the device.
+COMPUTE_OPS = ("Conv", "ConvTranspose", "MatMul", "Gemm")
+STRONGLY_TYPED_ONLY_FROM = 11  # TensorRT 11 removed weak typing (the --fp16/--int8 flags and precision constraints)
 
 
 def known_versions() -> list[str]:
@@ -119,8 +123,10 @@ def check_trt_compat(model: Any, trt_version: str | None = None) -> CompatReport
     """Check an ONNX model (path or ModelProto) against TensorRT's ONNX parser support for ``trt_version``.
 
     Checks: every op type is supported (and in the default domain), the opset is in range, restricted attributes
-    (Resize modes) and must-be-constant inputs hold, Q/DQ nodes are INT8 with zero point 0 (TensorRT requires
-    symmetric quantization), and integer graph inputs have a type the version binds as such.
+    (Resize modes, ScatterND reduction, TopK sorted), must-be-constant inputs and input ranks (TensorRT 8.5's Trilu)
+    hold, Q/DQ nodes are INT8 with zero point 0 (TensorRT requires symmetric quantization; 8.5 also needs the zero
+    point input), and integer graph inputs have a type the version binds as such. On a strongly typed only TensorRT
+    (11+) it warns when Conv/MatMul/Gemm layers compute in FP32.
 
     Args:
         model: path of an ``.onnx`` file or an ``onnx.ModelProto``.
@@ -145,6 +151,8 @@ def check_trt_compat(model: Any, trt_version: str | None = None) -> CompatReport
         )
     supported, unverified = set(data["supported"]), data.get("unverified", {})
     consts = _constant_values(proto)
+    ranked_ops = data.get("input_ranks", {})
+    types = _value_types(proto) if ranked_ops and any(n.op_type in ranked_ops for n in proto.graph.node) else {}
     counts: Counter[str] = Counter()
     for i, node in enumerate(proto.graph.node):
         label = node.name or f"#{i}"
@@ -158,6 +166,12 @@ def check_trt_compat(model: Any, trt_version: str | None = None) -> CompatReport
         for idx in data.get("constant_inputs", {}).get(node.op_type, []):
             if idx < len(node.input) and node.input[idx] and node.input[idx] not in consts:
                 err({"node": label, "op": node.op_type, "reason": f"input {idx} ({node.input[idx]}) must be constant"})
+        for idx in data.get("resolvable_inputs", {}).get(node.op_type, []):
+            if idx < len(node.input) and node.input[idx] and node.input[idx] not in consts:
+                reason = f"input {idx} ({node.input[idx]}) must fold to a constant when TensorRT builds"
+                warn({"node": label, "op": node.op_type, "reason": reason})
+        if node.op_type in ranked_ops and node.input:
+            _check_rank(node, label, types, ranked_ops[node.op_type], err, warn)
         for attr_name, allowed in data.get("attributes", {}).get(node.op_type, {}).items():
             for attr in node.attribute:
                 if attr.name == attr_name:
@@ -176,14 +190,69 @@ def check_trt_compat(model: Any, trt_version: str | None = None) -> CompatReport
         dtype = onnx.helper.tensor_dtype_to_np_dtype(value.type.tensor_type.elem_type).name
         if dtype not in data["input_dtypes"]:
             err({"node": value.name, "op": "graph input", "reason": f"dtype {dtype} not in {data['input_dtypes']}"})
+    if data.get("strongly_typed_only") or _major(trt_version or listed) >= STRONGLY_TYPED_ONLY_FROM:
+        _warn_fp32_compute(proto, types or _value_types(proto), listed, warn)
     return report
 
 
+def _major(version: str) -> int:
+    return _vkey(version)[0]
+
+
+def _value_types(model: Any) -> dict[str, tuple[int, int | None]]:
+    """Tensor name → (ONNX element type, rank or None) from shape inference (graph I/O and initializers included)."""
+    import onnx
+
+    try:
+        graph = onnx.shape_inference.infer_shapes(model).graph
+    except Exception:  # inference is best effort: the checks that need it warn instead
+        graph = model.graph
+    out: dict[str, tuple[int, int | None]] = {}
+    for v in [*graph.value_info, *graph.input, *graph.output]:
+        tensor = v.type.tensor_type
+        out[v.name] = (tensor.elem_type, len(tensor.shape.dim) if tensor.HasField("shape") else None)
+    for t in graph.initializer:
+        out[t.name] = (t.data_type, len(t.dims))
+    return out
+
+
+def _check_rank(node: Any, label: str, types: dict, allowed: list[int], err: Any, warn: Any) -> None:
+    rank = types.get(node.input[0], (0, None))[1]
+    if rank is None:
+        warn({"node": label, "op": node.op_type, "reason": f"input rank unknown; this TensorRT takes ranks {allowed}"})
+    elif rank not in allowed:
+        err({"node": label, "op": node.op_type, "reason": f"input rank {rank}; this TensorRT takes ranks {allowed}"})
+
+
+def _warn_fp32_compute(model: Any, types: dict, listed: str, warn: Any) -> None:
+    """One warning naming the Conv/MatMul/Gemm layers that a strongly typed TensorRT would run in FP32."""
+    import onnx
+
+    fp32 = [
+        n.name or n.op_type
+        for n in model.graph.node
+        if n.op_type in COMPUTE_OPS and n.output and types.get(n.output[0], (0, None))[0] == onnx.TensorProto.FLOAT
+    ]
+    if fp32:
+        warn(
+            {
+                "node": fp32[0],
+                "op": "precision",
+                "reason": f"{len(fp32)} of the Conv/MatMul/Gemm layers compute in FP32; TensorRT {listed} is strongly "
+                "typed only, so they run in FP32 there (write the float remainder as FP16 in the graph)",
+            }
+        )
+
+
 def _check_qdq(node: Any, label: str, consts: dict[str, Any], data: dict[str, Any], err: Any) -> None:
-    """Q/DQ rules of every listed version: INT8, zero point 0 (absent counts as 0 but only for int8 output types)."""
+    """Q/DQ rules of every listed version: INT8, zero point 0 (absent counts as 0 but only for int8 output types;
+    TensorRT 8.5's parser refuses a Q/DQ node without it)."""
     import numpy as np
 
     zp_name = node.input[2] if len(node.input) > 2 and node.input[2] else None
+    if zp_name is None and data.get("qdq_zero_point_required"):
+        err({"node": label, "op": node.op_type, "reason": "no zero point input; this TensorRT needs all 3 inputs"})
+        return
     if zp_name is None:
         if node.op_type == "DequantizeLinear" and node.input[0] in consts:
             dtype = consts[node.input[0]].dtype.name

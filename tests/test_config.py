@@ -109,6 +109,6 @@ def test_device_profiles_load_and_unknown_device_lists_valid():
         if dev.backend == "tensorrt":
             ops = load_op_list(dev.trt_version)
             assert dev.opset is not None and ops["opset_min"] <= dev.opset <= ops["opset_max"], name
-            assert dev.opset < 20 or "Gelu" in ops["supported"], f"{name}: opset 20 emits Gelu, unverified for its TRT"
+            assert dev.opset < 20 or "Gelu" in ops["supported"], f"{name}: opset 20 emits Gelu, not in its TRT op list"
     with pytest.raises(ConfigError, match=r"unknown device 'jetson-nano'.*did you mean 'jetson-orin-nano'.*x86-cpu"):
         load_config(None, device="jetson-nano")

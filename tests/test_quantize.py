@@ -7,6 +7,8 @@ mechanics (Q/DQ placement, zero points, the compatibility check, exclusions unde
 from __future__ import annotations
 
 import json
+import re
+from typing import Any
 
 import numpy as np
 import onnx
@@ -249,3 +251,207 @@ def test_openvino_accuracy_control_runs_with_the_miou_validation(quantized, tmp_
         root / "export" / "full.xml", tmp_path / "ac.xml", calib, validation=(items, validation_fn), max_drop=0.01
     )
     assert path.is_file() and info["accuracy_control"] and info["max_drop"] == 0.01
+
+
+def _graph(nodes, inputs, outputs, inits=(), opset=19) -> onnx.ModelProto:
+    """A one-purpose ONNX graph: ``inputs`` / ``outputs`` are (name, elem type, shape)."""
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info(*v) for v in inputs],
+        [helper.make_tensor_value_info(*v) for v in outputs],
+        list(inits),
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+
+
+def _computed(name: str, value: np.ndarray) -> tuple[Any, Any]:
+    """An initializer passed through Identity: a tensor the parser cannot take as an initializer."""
+    return numpy_helper.from_array(value, f"{name}_init"), helper.make_node("Identity", [f"{name}_init"], [name])
+
+
+def test_trt_compat_follows_each_versions_parser_rules():
+    """onnx-tensorrt operators.md / Changelog / importers per version (quantize/data/trt_ops_*.json `source`)."""
+    from quantize.trt_compat import check_trt_compat, resolve_version
+
+    F, F16 = TensorProto.FLOAT, TensorProto.FLOAT16
+    x = ("x", F, [1, 4, 4])
+    # Gelu, Mish, CastLike: 'Y' (with importers) since onnx-tensorrt 10.0 GA, not only from 10.15
+    acts = _graph(
+        [
+            helper.make_node("Gelu", ["x"], ["a"], name="gelu"),
+            helper.make_node("Mish", ["a"], ["b"], name="mish"),
+            helper.make_node("CastLike", ["b", "x"], ["y"], name="castlike"),
+        ],
+        [x],
+        [("y", F, [1, 4, 4])],
+        opset=20,
+    )
+    report = check_trt_compat(acts, "10.3")
+    assert report.ok and not report.warnings, report.warnings
+    # axes that are not initializers: Pad until 10.4, Squeeze/Unsqueeze until 10.7 (then: must fold), Slice until 10.3
+    pads, pad_axes = numpy_helper.from_array(np.asarray([1, 1], np.int64), "pads"), _computed("pax", np.asarray([2]))
+    pad = _graph(
+        [pad_axes[1], helper.make_node("Pad", ["x", "pads", "", "pax"], ["y"], name="pad")],
+        [x],
+        [("y", F, [1, 4, 6])],
+        [pads, pad_axes[0]],
+    )
+    assert [e["node"] for e in check_trt_compat(pad, "10.3").errors] == ["pad"]
+    assert check_trt_compat(pad, "10.16").ok
+    sq_axes = _computed("sax", np.asarray([0]))
+    squeeze = _graph(
+        [sq_axes[1], helper.make_node("Squeeze", ["x", "sax"], ["y"], name="sq")], [x], [("y", F, [4, 4])], [sq_axes[0]]
+    )
+    assert not check_trt_compat(squeeze, "10.3").ok
+    loose = check_trt_compat(squeeze, "10.16")
+    assert loose.ok and [w["node"] for w in loose.warnings] == ["sq"]
+    starts, ends = (numpy_helper.from_array(np.asarray([0]), n) for n in ("st", "en"))
+    sl_axes = _computed("slax", np.asarray([1]))
+    slice_ = [sl_axes[1], helper.make_node("Slice", ["x", "st", "en", "slax"], ["y"], name="slice")]
+    inits = [starts, numpy_helper.from_array(np.asarray([2]), "en"), sl_axes[0]]
+    assert check_trt_compat(_graph(slice_, [x], [("y", F, [1, 2, 4])], inits), "10.3").ok
+    assert not check_trt_compat(_graph(slice_, [x], [("y", F, [1, 2, 4])], inits, opset=17), "8.5").ok
+    # TopK's K: an initializer on 8.5, any tensor from 8.6 (dynamic K, 8.6 EA)
+    k = _computed("k", np.asarray([2]))
+    topk = _graph(
+        [k[1], helper.make_node("TopK", ["x", "k"], ["v", "i"], name="topk")],
+        [x],
+        [("v", F, [1, 4, 2]), ("i", TensorProto.INT64, [1, 4, 2])],
+        [k[0]],
+        opset=17,
+    )
+    assert not check_trt_compat(topk, "8.5").ok and check_trt_compat(topk, "8.6").ok
+    # 8.5's QuantDequantLinearHelper: "requires 3 inputs"; 8.6 takes 2
+    w = numpy_helper.from_array(np.ones((4, 4), np.int8), "w")
+    scale = numpy_helper.from_array(np.asarray(0.1, np.float32), "s")
+    dq = _graph(
+        [
+            helper.make_node("DequantizeLinear", ["w", "s"], ["wd"], name="dq"),
+            helper.make_node("MatMul", ["x", "wd"], ["y"], name="mm"),
+        ],
+        [x],
+        [("y", F, [1, 4, 4])],
+        [w, scale],
+        opset=17,
+    )
+    assert [e["node"] for e in check_trt_compat(dq, "8.5").errors] == ["dq"] and check_trt_compat(dq, "8.6").ok
+    # 8.5's Trilu importer takes rank 2 or 3; N-D from 8.6 GA
+    for shape, ok_85 in (([1, 4, 4], True), ([1, 1, 4, 4], False)):
+        trilu = _graph(
+            [helper.make_node("Trilu", ["t"], ["y"], name="trilu")], [("t", F, shape)], [("y", F, shape)], opset=17
+        )
+        assert check_trt_compat(trilu, "8.5").ok is ok_85 and check_trt_compat(trilu, "8.6").ok
+    # strongly typed only (11.x): a MatMul computing in FP32 runs in FP32 there
+    wf = numpy_helper.from_array(np.ones((4, 4), np.float32), "wf")
+    mm32 = _graph([helper.make_node("MatMul", ["x", "wf"], ["y"], name="mm")], [x], [("y", F, [1, 4, 4])], [wf])
+    mm16 = _graph(
+        [helper.make_node("MatMul", ["h", "wh"], ["y"], name="mm")],
+        [("h", F16, [1, 4, 4])],
+        [("y", F16, [1, 4, 4])],
+        [numpy_helper.from_array(np.ones((4, 4), np.float16), "wh")],
+    )
+    assert [w["op"] for w in check_trt_compat(mm32, "11.4").warnings] == ["precision"]
+    assert not check_trt_compat(mm32, "10.16").warnings and not check_trt_compat(mm16, "11.4").warnings
+    assert [resolve_version(v) for v in ("10.16.1", "11.4.1", "11.5", "11.0", "10.13")] == [
+        "10.16",
+        "11.4",
+        "11.4",
+        "10.16",
+        "10.3",
+    ]
+
+
+def test_fp16_remainder_keeps_qdq_int8_and_fp32_islands(quantized, tmp_path):
+    """TensorRT 11 is strongly typed only: the ONNX Runtime backend writes the float remainder as FP16 in the graph."""
+    import onnxruntime as ort
+
+    from pipeline.errors import ConfigError
+    from quantize.calibration import load_calibration
+    from quantize.qdq import fp16_remainder, head_nodes, quantize_qdq_int8, quantized_nodes
+    from quantize.trt_compat import check_trt_compat
+    from runtimes.export import FP16_KEEP_FLOAT32, read_onnx_metadata
+
+    root = quantized["root"]
+    fp32, calib = root / "export" / "full.onnx", load_calibration(root / "calibrate" / "calib.npz")
+    q32 = root / "quantize" / "full_int8_qdq.onnx"
+    heads = head_nodes(fp32)
+    q16 = quantize_qdq_int8(
+        fp32, tmp_path / "q16.onnx", calib, exclude=heads, backend="onnxruntime", float_dtype="fp16"
+    )
+    model = onnx.load(str(q16))
+    graph = onnx.shape_inference.infer_shapes(model).graph
+    types = {v.name: v.type.tensor_type.elem_type for v in [*graph.value_info, *graph.input, *graph.output]}
+    out_type = {n.name: types.get(n.output[0]) for n in model.graph.node}
+    F, F16 = TensorProto.FLOAT, TensorProto.FLOAT16
+    compute = [n for n in model.graph.node if n.op_type in ("Conv", "MatMul", "Gemm")]
+    assert compute and all(out_type[n.name] == F16 for n in compute)  # the remainder, head included, in FP16
+    kept = [n for n in model.graph.node if n.op_type in FP16_KEEP_FLOAT32]
+    assert kept and all(out_type[n.name] == F for n in kept)  # Softmax, LayerNorm, reductions stay FP32
+    dqs = [n for n in model.graph.node if n.op_type == "DequantizeLinear"]
+    assert dqs and all(out_type[n.name] == F16 for n in dqs)  # FP16 scales: DQ feeds its FP16 layer directly
+    assert [(v.name, v.type.tensor_type.elem_type) for v in model.graph.input] == [
+        (v.name, v.type.tensor_type.elem_type) for v in onnx.load(str(fp32), load_external_data=False).graph.input
+    ]
+    assert model.graph.output[0].type.tensor_type.elem_type == F
+    assert quantized_nodes(q16) == quantized_nodes(q32)  # the same INT8 layers as the FP32-remainder graph
+    quant = read_onnx_metadata(q16)["quantization"]
+    assert quant["float_remainder"] == "fp16" and quant["op_types"] == ["Conv", "Gemm", "MatMul"]
+    report = check_trt_compat(q16, "11.4")
+    assert report.ok and not [w for w in report.warnings if w["op"] == "precision"], report.warnings
+    assert [w["op"] for w in check_trt_compat(q32, "11.4").warnings] == ["precision"]
+    feeds = {k: calib[k][:1] for k in ("image", "input_ids", "attention_mask")}
+    run = {p: ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]).run(None, feeds)[0] for p in (q16, q32)}
+    assert np.abs(run[q16] - run[q32]).max() <= 0.05 * max(np.abs(run[q32]).max(), 1e-3)
+    old = _qdq_graph(np.asarray(0, np.int8))  # opset 17: no FP16 Q/DQ scales
+    with pytest.raises(ConfigError, match="opset >= 19"):
+        fp16_remainder(old)
+
+
+def test_modelopt_is_called_without_op_types_so_its_tensorrt_placement_runs(quantized, tmp_path, monkeypatch):
+    """modelopt int8.quantize skips _find_nodes_to_quantize when op_types_to_quantize is given (ModelOpt fake here)."""
+    import importlib.machinery
+    import shutil
+    import sys
+    import types
+
+    import quantize.qdq as qdq
+
+    calls: list[dict[str, Any]] = []
+
+    def fake_quantize(onnx_path: str, op_types_to_exclude_fp16: list[str] | None = None, **kwargs: Any) -> None:
+        calls.append({**kwargs, "op_types_to_exclude_fp16": op_types_to_exclude_fp16})  # a parameter since 0.47
+        shutil.copy(onnx_path, kwargs["output_path"])
+
+    def fake_module(name: str, **attrs: Any) -> types.ModuleType:
+        module = types.ModuleType(name)
+        module.__spec__ = importlib.machinery.ModuleSpec(name, None)
+        module.__dict__.update(attrs)
+        return module
+
+    monkeypatch.setattr(qdq, "_MODELOPT_RAN", False)  # restored after: the fake must not block ONNX Runtime
+    monkeypatch.setitem(sys.modules, "modelopt", fake_module("modelopt"))
+    monkeypatch.setitem(sys.modules, "modelopt.onnx", fake_module("modelopt.onnx"))
+    monkeypatch.setitem(
+        sys.modules, "modelopt.onnx.quantization", fake_module("modelopt.onnx.quantization", quantize=fake_quantize)
+    )
+    from quantize.calibration import load_calibration
+
+    root = quantized["root"]
+    fp32, calib = root / "export" / "full.onnx", load_calibration(root / "calibrate" / "calib.npz")
+    heads = qdq.head_nodes(fp32)
+    for dtype in ("fp32", "fp16"):
+        qdq.quantize_qdq_int8(
+            fp32, tmp_path / f"mo_{dtype}.onnx", calib, exclude=heads, backend="modelopt", float_dtype=dtype
+        )
+    assert len(calls) == 2
+    for kwargs, dtype in zip(calls, ("fp32", "fp16"), strict=True):
+        assert kwargs.get("op_types_to_quantize") is None  # passing it bypasses NVIDIA's placement
+        assert kwargs["nodes_to_exclude"] == [f"^{re.escape(n)}$" for n in heads]
+        assert kwargs["high_precision_dtype"] == dtype and kwargs["quantize_mode"] == "int8"
+    assert calls[0]["op_types_to_exclude_fp16"] is None and "Softmax" in calls[1]["op_types_to_exclude_fp16"]
+    from runtimes.export import read_onnx_metadata
+
+    meta = read_onnx_metadata(tmp_path / "mo_fp16.onnx")["quantization"]
+    assert meta["backend"] == "modelopt" and meta["placement"].startswith("modelopt")
+    assert meta["float_consumers_rewired"] == 0  # ModelOpt's placement is not rewired afterwards

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.config import qdq_float_dtype
 from pipeline.errors import DataError
 from pipeline.io import atomic_write_json
 from pipeline.stage import CODE_MEASURING, StageContext, stage
@@ -151,9 +152,7 @@ def run_quantize(ctx: StageContext) -> dict[str, Any]:
         trt = cfg.device.trt_version if cfg.device.backend == "tensorrt" else None
         max_opset = load_op_list(resolve_version(trt))["opset_max"] if trt else None
         backend = resolve_backend(q.qdq_backend, max_opset)
-        float_dtype = q.qdq_float
-        if float_dtype == "auto":
-            float_dtype = "fp16" if backend == "modelopt" and cfg.device.backend == "tensorrt" else "fp32"
+        float_dtype = qdq_float_dtype(cfg, backend)
         ort_q = get_runtime("onnxruntime")
 
         def evaluate(path: Path) -> float:
