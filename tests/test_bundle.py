@@ -203,6 +203,21 @@ def test_stale_engine_check(monkeypatch, tmp_path, caplog):
         common.Bundle(tmp_path).check_engine_fresh("int8", engine)
 
 
+def test_scripts_default_to_the_deployed_precision(monkeypatch, tmp_path):
+    """infer.py / benchmark.py without --precision take the profile's precision (int8), not the first key of the
+    metadata (written with sorted keys: fp16 before int8)."""
+    common = _bundle_module(monkeypatch, "common")
+    meta = {"models": {"fp16": {}, "int8": {}}, "device": {"precision": "int8"}, "description": {}}
+    (tmp_path / "metadata.json").write_text(json.dumps(meta, sort_keys=True))
+    assert common.Bundle(tmp_path).precisions == ["int8", "fp16"]
+    meta["device"] = {"precision": "fp16"}
+    (tmp_path / "metadata.json").write_text(json.dumps(meta, sort_keys=True))
+    assert common.Bundle(tmp_path).precisions == ["fp16", "int8"]
+    del meta["device"]  # an older bundle: the metadata's order
+    (tmp_path / "metadata.json").write_text(json.dumps(meta, sort_keys=True))
+    assert common.Bundle(tmp_path).precisions == ["fp16", "int8"]
+
+
 @pytest.mark.parametrize(
     ("node", "files", "expected"),
     [

@@ -137,7 +137,7 @@ class TextTokenizer:
         def encode(texts: list[str]) -> tuple[list[list[int]], list[bool]]:
             full = tok(texts, truncation=False)["input_ids"]
             cut = tok(texts, truncation=True, max_length=max_length)["input_ids"]
-            return cut, [len(f) > len(c) for f, c in zip(full, cut, strict=True)]
+            return cut, [len(f) > len(c) for f, c in zip(full, cut)]  # one list per text in both
 
         pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
         return cls(encode, max_length, pad_id, source=f"transformers:{folder}")

@@ -8,9 +8,12 @@ target from a checkout of the project) and the TensorRT compatibility check of t
 ``unavailable: <reason>`` and the pipeline goes on. The deploy path to a robot is the ``bundle`` stage, whose
 ``build_engine.sh`` needs nothing but JetPack and the bundle.
 
-Strong typing: ``build.strongly_typed`` ``on``/``off`` is used as given; ``auto`` follows
+The settings come from :func:`runtimes.tensorrt_build.device_settings`: ``build.strongly_typed`` ``on``/``off`` is
+used as given (refused where the profile's TensorRT lacks it); ``auto`` follows
 :func:`runtimes.tensorrt_build.default_strongly_typed` for the profile's TensorRT version, the ONNX's float remainder
-and the profile's DLA core.
+and the DLA core; only an FP16 engine goes to the profile's DLA core (DLA does not run Q/DQ INT8); a weakly typed
+build keeps the ONNX's decomposed LayerNorms and softmax inputs in FP32. ``build_engine.sh`` holds only the trtexec
+options of the profile's TensorRT version.
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ SOURCES = {
         "quantize.data",
         "quantize.trt_compat",
         "runtimes.base",
+        "runtimes.data",
         "runtimes.export",
         "runtimes.tensorrt_build",
     ),
@@ -57,11 +61,10 @@ def run_build(ctx: StageContext) -> dict[str, Any]:
     from quantize.trt_compat import check_trt_compat
     from runtimes.export import read_onnx_metadata
     from runtimes.tensorrt_build import (
-        BuildSettings,
         build_engine,
-        default_strongly_typed,
+        device_settings,
         float_remainder,
-        major,
+        fp32_layer_names,
         python_check,
         sidecar_command,
         tensorrt_status,
@@ -83,32 +86,18 @@ def run_build(ctx: StageContext) -> dict[str, Any]:
         shutil.copy2(src, tmp)
     description = read_onnx_metadata(onnx_path)
     remainder = float_remainder(description) if precision == "int8" else None
-    if b.strongly_typed == "auto":
-        strongly = default_strongly_typed(precision, dev.trt_version, remainder, dev.dla_core)
-    else:
-        strongly = b.strongly_typed == "on"
-        trt_major = major(dev.trt_version)
-        if strongly and dev.dla_core is not None and (trt_major is None or trt_major < 11):
-            log.warning(
-                "build: build.strongly_typed=on with DLA core %s on TensorRT %s: DLA needs the FP16/INT8 flags that "
-                "strongly typed networks forbid before TensorRT 11; the build is likely to fail",
-                dev.dla_core,
-                dev.trt_version or "10.x",
-            )
-        if not strongly and trt_major is not None and trt_major >= 11:
-            log.warning(
-                "build: build.strongly_typed=off on TensorRT %s: TensorRT 11 removed weak typing and its "
-                "--int8/--fp16 flags; the build is likely to fail",
-                dev.trt_version,
-            )
-    settings = BuildSettings(
-        precision=precision,
-        workspace_mb=b.workspace_mb or dev.workspace_mb,
-        strongly_typed=strongly,
+    settings = device_settings(
+        precision,
+        dev.trt_version,
         dla_core=dev.dla_core,
+        workspace_mb=b.workspace_mb or dev.workspace_mb,
+        strongly_typed=b.strongly_typed,
         gpu_fallback=b.gpu_fallback,
         timing_cache="timing.cache" if b.timing_cache else None,
+        remainder=remainder,
+        fp32_layers=fp32_layer_names(onnx_path),
     )
+    strongly = settings.strongly_typed
     engine_name = Path(file_name).with_suffix(".engine").name
     # 2. the compatibility check (CPU) and the trtexec script (always)
     report = check_trt_compat(onnx_path, dev.trt_version)
@@ -116,13 +105,14 @@ def run_build(ctx: StageContext) -> dict[str, Any]:
         log.warning("build: %s", report.summary())
     note = (
         f"Device profile {dev.name}: TensorRT {dev.trt_version or 'any'}, {precision}, float remainder "
-        f"{remainder or '-'}, strongly typed: {strongly}.\n"
+        f"{remainder or '-'}, strongly typed: {strongly}, DLA core: {settings.dla_core}, FP32 layers: "
+        f"{len(settings.fp32_layers)}.\n"
         "After trtexec, the project's runtimes.tensorrt_build writes the engine's JSON sidecar (the runtime\n"
         "refuses an engine without one): run this from a checkout of the project, with PYTHON=<an interpreter\n"
         "that has onnx and tensorrt> if python3 lacks them. To deploy to a robot, use the deploy bundle\n"
         "(make <device>): its build_engine.sh needs only JetPack."
     )
-    trtexec = trtexec_command(file_name, engine_name, settings)
+    trtexec = trtexec_command(file_name, engine_name, settings, dev.trt_version)
     sidecar_step = sidecar_command(file_name, engine_name, settings)
     preamble = [
         "export PYTHONPATH=" + '"${PYTHONPATH:+$PYTHONPATH:}"' + shlex.quote(str(PROJECT_ROOT)),

@@ -5,12 +5,16 @@ Usage: ``python -m pipeline run --config configs/demo.yaml --device jetson-orin-
 For a TensorRT device the bundle holds the Q/DQ INT8 and FP16 ONNX models, the ``trtexec`` build script and the
 Python builder; for a CPU device the OpenVINO IR and ONNX models. ``build_engine.sh`` runs ``trtexec`` for each engine
 and then ``build_engine.py --sidecar-only``, which writes the engine's JSON sidecar (TensorRT version, GPU, settings,
-source sha256) that the runtime requires. Strong typing follows :func:`runtimes.tensorrt_build.default_strongly_typed`
-for the profile's TensorRT version floor, each ONNX's float remainder and the profile's DLA core; the settings of each
-``trtexec`` line and the description of each model are kept in ``metadata.json`` (``models[precision]["build"]`` and
-``["description"]``) for the sidecars. Golden inputs are real evaluation samples,
-pre-processed on the host; golden outputs are the host's outputs of each model's reference (ONNX Runtime for ONNX,
-OpenVINO for IR; FP16 is checked against FP32). ``verify.py`` compares a backend on the robot against them.
+source sha256, and for a DLA engine how many layers run on DLA) that the runtime requires. Each engine's settings come
+from :func:`runtimes.tensorrt_build.device_settings` with the ``build`` config section (strong typing, workspace, GPU
+fallback, timing cache; a change there remakes the bundle) for the profile's TensorRT version floor, each ONNX's
+float remainder and the profile's DLA core (the FP16 engine only: DLA does not run Q/DQ INT8); a weakly typed build
+keeps each ONNX's decomposed LayerNorms and softmax inputs in FP32. The trtexec lines hold only the options of that
+TensorRT version. The settings of each ``trtexec`` line and the description of each model are kept in
+``metadata.json`` (``models[precision]["build"]`` and ``["description"]``) for the sidecars. Golden inputs are real
+evaluation samples, pre-processed on the host; golden outputs are the host's outputs of each model's reference (ONNX
+Runtime for ONNX, OpenVINO for IR; FP16 is checked against FP32). ``verify.py`` compares a backend on the robot
+against them.
 """
 
 from __future__ import annotations
@@ -105,29 +109,32 @@ def golden_samples(ctx: StageContext, proc: Any) -> tuple[dict[str, np.ndarray],
 @stage(
     "bundle",
     upstream=("data", "export", "quantize"),
-    sections=("device", "model", "data"),
-    version="1",
+    sections=("device", "model", "data", "build"),
+    version="2",
     toolchain=("onnxruntime", "openvino", "tokenizers", "transformers"),
-    code=(*CODE_EVALUATION, "pipeline.bundle"),
+    code=(*CODE_EVALUATION, "pipeline.bundle", "pipeline.jetpack"),
     per_device=True,
 )
 def run_bundle(ctx: StageContext) -> dict[str, Any]:
     from PIL import Image
 
     from pipeline.bundle import copy_file, copy_scripts, make_tarball, vendor_runtime, write_checksums, write_metadata
+    from pipeline.jetpack import write_bundle_readme
     from runtimes import get_runtime
     from runtimes.export import read_onnx_metadata
     from runtimes.processing import Processing
     from runtimes.tensorrt_build import (
-        BuildSettings,
-        default_strongly_typed,
+        device_settings,
         float_remainder,
+        fp32_layer_names,
+        layer_info_path,
         python_check,
         trtexec_command,
         write_build_script,
     )
 
-    dev = ctx.cfg.device
+    dev, build = ctx.cfg.device, ctx.cfg.build
+    workspace_mb = build.workspace_mb or dev.workspace_mb
     out = ctx.out / "bundle"
     plan = model_plan(ctx)
     missing = [str(p) for e in plan.values() for k, p in e.items() if k in ("onnx", "openvino") and not p.is_file()]
@@ -151,6 +158,7 @@ def run_bundle(ctx: StageContext) -> dict[str, Any]:
     shutil.copytree(ctx.upstream("export") / "tokenizer", out / "tokenizer")
     vendored = vendor_runtime(out / "lib")
     copy_scripts(out)
+    write_bundle_readme(out / "README.md", dev.jetpack, dev.backend)  # what to pip install on that JetPack
 
     # 2. golden inputs and outputs from the host
     first_reference = next(iter(plan[next(iter(plan))]["reference"].values()))
@@ -195,16 +203,23 @@ def run_bundle(ctx: StageContext) -> dict[str, Any]:
     commands: list[list[str]] = []
     for precision, entry in models.items():
         if "engine" in entry:
-            remainder = float_remainder(entry["description"]) if precision == "int8" else None
-            settings = BuildSettings(
-                precision=precision,
-                workspace_mb=dev.workspace_mb,
-                strongly_typed=default_strongly_typed(precision, dev.trt_version, remainder, dev.dla_core),
+            # the layers a weakly typed build keeps in FP32 (build_engine.py re-decides the typing on the robot)
+            entry["fp32_layers"] = list(fp32_layer_names(out / entry["onnx"]))
+            settings = device_settings(
+                precision,
+                dev.trt_version,
                 dla_core=dev.dla_core,
-                timing_cache="timing.cache",
+                workspace_mb=workspace_mb,
+                strongly_typed=build.strongly_typed,
+                gpu_fallback=build.gpu_fallback,
+                timing_cache="timing.cache" if build.timing_cache else None,
+                remainder=float_remainder(entry["description"]) if precision == "int8" else None,
+                fp32_layers=entry["fp32_layers"],
             )
             entry["build"] = asdict(settings)
-            commands.append(trtexec_command(entry["onnx"], entry["engine"], settings))
+            if settings.dla_core is not None:  # the trtexec line exports it; the sidecar step reads it
+                entry["layer_info"] = str(layer_info_path(entry["engine"]))
+            commands.append(trtexec_command(entry["onnx"], entry["engine"], settings, dev.trt_version))
             commands.append(["${PYTHON:-python3}", "build_engine.py", "--sidecar-only", "--precision", precision])
     if commands:
         (out / "engines").mkdir(exist_ok=True)
@@ -231,7 +246,14 @@ def run_bundle(ctx: StageContext) -> dict[str, Any]:
         "processing": proc.describe() | {"tokenizer_dir": "tokenizer"},
         "models": models,
         "golden": {"inputs": "golden/inputs.npz", "frames": frames_meta, "samples": len(inputs["image"])},
-        "tensorrt": {"version_floor": dev.trt_version, "workspace_mb": dev.workspace_mb, "dla_core": dev.dla_core},
+        "tensorrt": {
+            "version_floor": dev.trt_version,
+            "workspace_mb": workspace_mb,
+            "dla_core": dev.dla_core,
+            "strongly_typed": build.strongly_typed,
+            "gpu_fallback": build.gpu_fallback,
+            "timing_cache": build.timing_cache,
+        },
         "vendored": vendored,
     }
     write_metadata(out, meta)

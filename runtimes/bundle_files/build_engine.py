@@ -4,10 +4,14 @@
 Usage: ``python3 build_engine.py [--precision int8] [--workspace-mb 1024] [--dla-core 0]``;
 ``python3 build_engine.py --sidecar-only [--precision int8]`` writes the JSON sidecar of an engine that trtexec just
 built (``build_engine.sh`` runs it after each trtexec line) with the settings of that trtexec line, which
-``metadata.json`` records (``models[precision]["build"]``).
+``metadata.json`` records (``models[precision]["build"]``); for a DLA engine it also reads the layer information the
+trtexec line exported (``<engine>.layers.json``) and records and prints how many layers run on DLA and on the GPU.
 
 Each sidecar gets the description of its own model (``models[precision]["description"]``), the TensorRT version
-installed here and this device's GPU: the runtime refuses an engine without a sidecar, or built elsewhere.
+installed here and this device's GPU: the runtime refuses an engine without a sidecar, or built elsewhere. The Python
+build takes the bundle's ``build`` settings (``metadata.json``'s ``tensorrt``: strong typing, workspace, GPU fallback,
+timing cache) for the TensorRT installed here: only the FP16 engine goes to the DLA core, and a weakly typed build
+keeps the model's decomposed LayerNorms and softmax inputs in FP32 (``models[precision]["fp32_layers"]``).
 """
 
 from __future__ import annotations
@@ -19,7 +23,15 @@ from typing import Any
 from common import Bundle, PipelineError, fail
 
 from pipeline.errors import ArtifactError
-from runtimes.tensorrt_build import BuildSettings, build_engine, default_strongly_typed, float_remainder, write_sidecar
+from runtimes.tensorrt_build import (
+    BuildSettings,
+    build_engine,
+    describe_placement,
+    device_settings,
+    float_remainder,
+    record_placement,
+    write_sidecar,
+)
 
 
 def model_description(bundle: Bundle, precision: str) -> dict[str, Any]:
@@ -50,7 +62,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--precision", default=None, help="default: every precision in the bundle")
     parser.add_argument("--workspace-mb", type=int, default=None, help=f"default: {trt['workspace_mb']}")
     parser.add_argument("--dla-core", type=int, default=None, help=f"default: {trt.get('dla_core')}")
-    parser.add_argument("--timing-cache", default="timing.cache")
+    parser.add_argument(
+        "--timing-cache", default=None, help="default: timing.cache, unless the bundle was made without a timing cache"
+    )
     parser.add_argument(
         "--sidecar-only",
         action="store_true",
@@ -72,19 +86,26 @@ def main(argv: list[str] | None = None) -> int:
             onnx_path, engine_path = bundle.root / entry["onnx"], bundle.root / entry["engine"]
             description = model_description(bundle, precision)
             if args.sidecar_only:
-                write_sidecar(onnx_path, engine_path, recorded_settings(bundle, precision), description)
+                settings = recorded_settings(bundle, precision)
+                write_sidecar(onnx_path, engine_path, settings, description)
                 print(f"wrote {entry['engine']}.json ({precision})")
+                placement = record_placement(engine_path, settings)
+                if placement is not None:
+                    print(f"{entry['engine']} ({precision}): {describe_placement(placement)}")
                 continue
             import tensorrt
 
-            dla_core = trt.get("dla_core") if args.dla_core is None else args.dla_core
-            remainder = float_remainder(description) if precision == "int8" else None
-            settings = BuildSettings(
-                precision=precision,
+            cache = args.timing_cache or ("timing.cache" if trt.get("timing_cache", True) else None)
+            settings = device_settings(
+                precision,
+                tensorrt.__version__,
+                dla_core=trt.get("dla_core") if args.dla_core is None else args.dla_core,
                 workspace_mb=trt["workspace_mb"] if args.workspace_mb is None else args.workspace_mb,
-                strongly_typed=default_strongly_typed(precision, tensorrt.__version__, remainder, dla_core),
-                dla_core=dla_core,
-                timing_cache=str(bundle.root / args.timing_cache),
+                strongly_typed=trt.get("strongly_typed", "auto"),
+                gpu_fallback=trt.get("gpu_fallback", True),
+                timing_cache=str(bundle.root / cache) if cache else None,
+                remainder=float_remainder(description) if precision == "int8" else None,
+                fp32_layers=entry.get("fp32_layers") or (),
             )
             build_engine(onnx_path, engine_path, settings, description)
             print(f"built {entry['engine']} ({precision})")

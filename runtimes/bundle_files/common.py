@@ -76,7 +76,9 @@ class Bundle:
 
     @property
     def precisions(self) -> list[str]:
-        return list(self.meta["models"])
+        """The bundle's precisions, the device profile's deployed one first (the scripts' default)."""
+        deployed = (self.meta.get("device") or {}).get("precision")
+        return sorted(self.meta["models"], key=lambda p: p != deployed)  # stable: the others keep their order
 
     def model_entry(self, precision: str) -> dict[str, Any]:
         models = self.meta["models"]
@@ -212,6 +214,7 @@ def fail(exc: Exception) -> int:
 
 __all__ = [
     "BACKENDS",
+    "ArtifactError",
     "Bundle",
     "PipelineError",
     "check_engine_source",

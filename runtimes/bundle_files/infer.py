@@ -20,7 +20,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--image", required=True, type=Path)
     parser.add_argument("--text", required=True, action="append", help="a sentence (repeat for several)")
     parser.add_argument("--backend", default="tensorrt", choices=BACKENDS)
-    parser.add_argument("--precision", default=None, help="int8 / fp16 / fp32 (default: the bundle's first)")
+    parser.add_argument("--precision", default=None, help="int8 / fp16 / fp32 (default: the profile's)")
     parser.add_argument("--out", type=Path, default=Path("out"))
     parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args(argv)
@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
         texts = proc.checked_texts(args.text)  # every sentence is checked before anything is written
         image_inputs = proc.image(rgb)
         args.out.mkdir(parents=True, exist_ok=True)
-        for i, (sentence, text_inputs) in enumerate(zip(args.text, texts, strict=True)):
+        for i, (sentence, text_inputs) in enumerate(zip(args.text, texts)):  # one entry per sentence
             started = time.perf_counter()
             out = rt.infer({**image_inputs, **text_inputs})
             mask = proc.postprocess(out["mask_logits"][0], rgb.shape[:2])
