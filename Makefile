@@ -15,8 +15,10 @@ DEVICES := $(sort $(basename $(notdir $(wildcard configs/devices/*.yaml))))
 
 ABLATION_ARGS ?=
 BACKBONE_ARGS ?=
+VARIANT ?=
+PREFLIGHT_ARGS ?=
 
-.PHONY: help setup venv-path demo bench report ablations backbones test test-all lint status clean-runs stages devices $(DEVICES)
+.PHONY: help setup venv-path demo bench report ablations backbones preflight robot-venvs test test-all lint status clean-runs stages devices $(DEVICES)
 
 help:  ## list targets
 	@grep -E '^[a-zA-Z0-9_.-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-20s %s\n", $$1, $$2}'
@@ -47,10 +49,16 @@ ablations: setup  ## train the model and its 3 ablations (2 seeds, same budget) 
 backbones: setup  ## the backbone study: Swin from scratch, EfficientNet-Lite0/2, MobileNetV2 (2 seeds) -> runs/backbones/
 	$(PY) -m pipeline.backbones --config $(CONFIG) --seeds 0 1 --adopt-from runs/demo $(BACKBONE_ARGS)
 
-test: setup  ## fast test suite (slow tests excluded)
+preflight: setup  ## before training: paper+edge with random weights -> ONNX, Q/DQ, TRT op check, parity, time/RSS per step: make preflight DEVICE=jetson-orin-nano [VARIANT=edge]
+	$(PY) -m pipeline preflight --device "$(DEVICE)" $(if $(VARIANT),--variant "$(VARIANT)") $(PREFLIGHT_ARGS)
+
+robot-venvs:  ## the robot's Python 3.8 / 3.10 venvs with each JetPack's pins (cached; skipped with the reason offline)
+	@$(PYTHON3) tools/robot_venvs.py
+
+test: setup robot-venvs  ## fast test suite (slow tests excluded)
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
-test-all: setup  ## every test, slow ones included
+test-all: setup robot-venvs  ## every test, slow ones included
 	$(PY) -m pytest -q -m "not trt or trt" $(PYTEST_ARGS)
 
 lint: setup  ## ruff

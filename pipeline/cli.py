@@ -1,7 +1,8 @@
 """Command line of the pipeline.
 
 Usage: ``python -m pipeline run --config configs/demo.yaml [--stages data,train] [--set data.seed=7]``
-(also installed as the ``s2rm`` console script). Sub-commands: ``run``, ``status``, ``clean``, ``stages``.
+(also installed as the ``s2rm`` console script). Sub-commands: ``run``, ``status``, ``clean``, ``stages``,
+``devices``, ``predict``, ``preflight`` (``python -m pipeline preflight --device jetson-orin-nano``).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from pathlib import Path
 
 from pipeline.config import Config, load_config
 from pipeline.errors import PipelineError
+from pipeline.preflight import add_arguments as add_preflight_arguments
 
 log = logging.getLogger("pipeline")
 
@@ -69,6 +71,13 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--out", type=Path, default=Path("predictions"), help="folder for the mask and overlay PNGs")
     predict.add_argument("--runtime", default=None, help="override the runtime chosen from the file extension")
     predict.add_argument("--threads", type=int, default=None)
+
+    preflight = sub.add_parser(
+        "preflight",
+        help="before training: export, Q/DQ INT8, TensorRT op check and ONNX Runtime parity of random-weight "
+        "variants, with time and peak RSS per step",
+    )
+    add_preflight_arguments(preflight)
     return parser
 
 
@@ -180,6 +189,10 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_devices(args)
         if args.command == "predict":
             return cmd_predict(args)
+        if args.command == "preflight":
+            from pipeline.preflight import cmd_preflight
+
+            return cmd_preflight(args)
         cfg = load_config(args.config, args.overrides, device=args.device)
         return {"run": cmd_run, "status": cmd_status, "clean": cmd_clean}[args.command](args, cfg)
     except PipelineError as exc:
