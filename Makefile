@@ -47,7 +47,7 @@ ablations: setup  ## train the model and its 3 ablations (2 seeds, same budget) 
 	$(PY) -m benchmarks.ablations --config $(CONFIG) --seeds 0 1 $(ABLATION_ARGS)
 
 backbones: setup  ## the backbone study: Swin from scratch, EfficientNet-Lite0/2, MobileNetV2 (2 seeds) -> runs/backbones/
-	$(PY) -m pipeline.backbones --config $(CONFIG) --seeds 0 1 --adopt-from runs/demo $(BACKBONE_ARGS)
+	$(PY) -m pipeline.backbones --config configs/backbones.yaml --seeds 0 1 $(BACKBONE_ARGS)
 
 preflight: setup  ## before training: paper+edge with random weights -> ONNX, Q/DQ, TRT op check, parity, time/RSS per step: make preflight DEVICE=jetson-orin-nano [VARIANT=edge]
 	$(PY) -m pipeline preflight --device "$(DEVICE)" $(if $(VARIANT),--variant "$(VARIANT)") $(PREFLIGHT_ARGS)

@@ -181,6 +181,11 @@ class TrainConfig(Section):
         "auto", description="autocast: on CUDA auto = bf16 if supported, else fp16; on CPU auto = off, bf16 opts in"
     )
     num_workers: int = Field(2, ge=0)
+    channels_last: bool = Field(
+        False,
+        description="train in channels-last memory format (NHWC): same model and numbers to rounding, ~1.25x faster "
+        "steps on CPU for the convolution-heavy decoder",
+    )
     freeze_text: bool = False
     freeze_vision: bool = Field(
         False, description="keep the pretrained vision encoder as shipped (no backward through it: ~30% of a step)"

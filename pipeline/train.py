@@ -255,6 +255,8 @@ def fit(cfg: Config, data_dir: Path, out: Path, teacher: Path | None = None) -> 
         objective = DistillObjective.from_checkpoint(model, teacher, cfg.distill, tc)
         train_set = with_teacher_inputs(train_set, spec, objective.teacher.spec)
     objective.to(dist.device)
+    if tc.channels_last:
+        objective.to(memory_format=torch.channels_last)
     flips = [  # (probability, swapped token ids, axis, seed offset)
         (p, [tu.swap_token_ids(tokenizer, pair) for pair in words], axis, offset)
         for p, words, axis, offset in ((tc.hflip, tu.HFLIP_WORDS, -1, 0), (tc.vflip, tu.VFLIP_WORDS, -2, 1))
@@ -307,6 +309,8 @@ def fit(cfg: Config, data_dir: Path, out: Path, teacher: Path | None = None) -> 
             for prob, swaps, axis, offset in flips:
                 seed = ((tc.seed * 7919 + dist.rank) * 2 + offset) * 1_000_003 + step
                 batch = tu.flip_batch(batch, prob, swaps, seed, axis)
+            if tc.channels_last:  # after the flips, which return contiguous tensors
+                batch["image"] = batch["image"].contiguous(memory_format=torch.channels_last)
             with tu.autocast(dist.device, amp_dtype):
                 loss, parts = net(batch)
             loss_value = tu.mean_across(dist, loss.detach()).item()  # the global batch's mean loss
