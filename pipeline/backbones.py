@@ -1,8 +1,9 @@
-"""The backbone study: the demo recipe with each vision encoder, through the whole x86 pipeline, on several seeds.
+"""The backbone study: one recipe with each vision encoder, through the whole x86 pipeline, on several seeds.
 
-Usage: ``python -m pipeline.backbones --config configs/demo.yaml --seeds 0 1`` (``make backbones``); ``--backbones``
-picks some of :data:`BACKBONES`, ``--set key=value`` applies to every run, ``--adopt-from runs/demo`` reuses that run's
-finished stages where their cache keys match (the demo run is the ``efficientnet-lite0`` seed-0 run).
+Usage: ``python -m pipeline.backbones --seeds 0 1`` (``make backbones``); the recipe is ``configs/backbones.yaml`` (the
+demo recipe at the 800-step budget the study was run at) unless ``--config`` names another; ``--backbones`` picks
+some of :data:`BACKBONES`, ``--set key=value`` applies to every run, ``--adopt-from runs/<run>`` reuses that run's
+finished stages where their cache keys match (a run of the same recipe on ``efficientnet-lite0``, seed 0).
 
 Each (backbone, seed) is a run folder ``<run.root>/backbone-<name>-s<seed>`` driven by the cached stage runner up to
 ``bench`` on the ``x86-cpu`` profile (train, export, calibrate, OpenVINO INT8 and the Q/DQ ONNX, validate, bench), so
@@ -139,7 +140,8 @@ def write_markdown(results: dict[str, list[dict[str, Any]]], meta: dict[str, Any
     lines = [
         "# Backbone study on SynRef",
         "",
-        f"The demo recipe ({meta['budget']}) with each vision encoder, seeds {', '.join(map(str, meta['seeds']))}; "
+        f"The demo recipe at the study's budget ({meta['budget']}, `configs/backbones.yaml`) with each vision encoder, "
+        f"seeds {', '.join(map(str, meta['seeds']))}; "
         f"FP32 figures of the PyTorch reference on {first['n_samples']} eval sentences per run (the validate stage), "
         "in IoU points (×100), mean ± std over the seeds a backbone has (one seed: its value alone); runs: "
         + ", ".join(f"{n} {len(results[n])}" for n in names)
@@ -193,7 +195,7 @@ def write_markdown(results: dict[str, list[dict[str, Any]]], meta: dict[str, Any
 def main(argv: list[str] | None = None) -> int:
     """``python -m pipeline.backbones``: see the module docstring."""
     parser = argparse.ArgumentParser(prog="python -m pipeline.backbones", description=__doc__.split("\n")[0])
-    parser.add_argument("--config", "-c", default="configs/demo.yaml")
+    parser.add_argument("--config", "-c", default="configs/backbones.yaml")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--backbones", nargs="+", default=list(BACKBONES), choices=list(BACKBONES))

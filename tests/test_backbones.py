@@ -13,14 +13,14 @@ from pipeline.errors import ConfigError
 
 
 def test_each_backbone_run_names_its_weights_seed_and_folder():
-    cfg = bb.run_config("configs/demo.yaml", ["train.steps=10"], "mobilenetv2", 1)
+    cfg = bb.run_config("configs/backbones.yaml", ["train.steps=10"], "mobilenetv2", 1)
     assert cfg.model.vision_weights == "mobilenetv2_100.tv_in1k" and cfg.model.variant == "demo"
     assert cfg.train.seed == 1 and cfg.run.name == "backbone-mobilenetv2-s1" and cfg.train.steps == 10
     assert cfg.device.name == "x86-cpu"
-    swin = bb.run_config("configs/demo.yaml", [], "swin-scratch", 0)
+    swin = bb.run_config("configs/backbones.yaml", [], "swin-scratch", 0)
     assert swin.model.variant == "demo_swin" and swin.model.vision_weights is None
     with pytest.raises(ConfigError, match="'efficientnet-lite3'.*did you mean 'efficientnet-lite2'"):
-        bb.run_config("configs/demo.yaml", [], "efficientnet-lite3", 0)
+        bb.run_config("configs/backbones.yaml", [], "efficientnet-lite3", 0)
 
 
 def _metrics(miou: float) -> dict:
