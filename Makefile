@@ -44,7 +44,7 @@ report: setup  ## validate + bench + report.md/.html/.json + Pareto plot, then t
 	$(PY) -m pipeline run --config $(CONFIG) --device "$(DEVICE)" --stages report,gate $(RUN_ARGS)
 
 ablations: setup  ## train the model and its 3 ablations (2 seeds, same budget) -> runs/ablations/ablations.md
-	$(PY) -m benchmarks.ablations --config $(CONFIG) --seeds 0 1 $(ABLATION_ARGS)
+	$(PY) -m pipeline.ablations --config $(CONFIG) --seeds 0 1 $(ABLATION_ARGS)
 
 backbones: setup  ## the backbone study: Swin from scratch, EfficientNet-Lite0/2, MobileNetV2 (2 seeds) -> runs/backbones/
 	$(PY) -m pipeline.backbones --config configs/backbones.yaml --seeds 0 1 $(BACKBONE_ARGS)

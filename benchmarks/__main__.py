@@ -1,11 +1,10 @@
-"""Benchmark tools outside the pipeline: re-render a report from stage results, screenshot a report with Chromium.
+"""Benchmark tools outside the pipeline: screenshot a report with Chromium.
 
-Usage: ``python -m benchmarks report --run runs/demo --device x86-cpu [--out DIR]``;
-``python -m benchmarks screenshot runs/demo/devices/x86-cpu/report/report.html [--png report.png]``.
+Usage: ``python -m benchmarks screenshot runs/demo/devices/x86-cpu/report/report.html [--png report.png]``.
 
-The pipeline's ``bench`` / ``report`` stages (``make bench``, ``make report``) are the normal way; ``report`` here
-rebuilds the files from existing ``results.json`` files without re-running anything (e.g. after editing the report
-code), and ``screenshot`` renders the HTML the way a reader sees it (needs ``apt-get install chromium``).
+The pipeline's ``bench`` / ``report`` stages (``make bench``, ``make report``) write the reports, and
+``python -m pipeline report`` re-renders one from the finished stages of a run (e.g. after editing the report code);
+``screenshot`` renders the HTML the way a reader sees it (needs ``apt-get install chromium``).
 """
 
 from __future__ import annotations
@@ -46,24 +45,6 @@ def screenshot(html: Path, png: Path, width: int = 1280, height: int = 2000, tim
     return png
 
 
-def _report(args: argparse.Namespace) -> int:
-    from benchmarks.report import assemble, load_json, write_report
-    from pipeline.stages.report import fallback_nodes, stage_figures
-
-    dev = Path(args.run) / "devices" / args.device
-    validation = load_json(dev / "validate" / "results.json")
-    bench = load_json(dev / "bench" / "results.json")
-    if validation is None and bench is None:
-        print(f"error: neither {dev / 'validate'} nor {dev / 'bench'} has results.json", file=sys.stderr)
-        return 2
-    quant = {"fallback": fallback_nodes(stage_figures(Path(args.run) / "quantize"))}
-    rep = assemble(validation, bench, quant, {"run": Path(args.run).name, "device": args.device})
-    out = Path(args.out) if args.out else Path(args.run) / "devices" / args.device / "report-rerendered"
-    for path in write_report(rep, out).values():
-        print(path)
-    return 0
-
-
 def _screenshot(args: argparse.Namespace) -> int:
     html = Path(args.html)
     png = Path(args.png) if args.png else html.with_suffix(".png")
@@ -78,17 +59,13 @@ def _screenshot(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    rep = sub.add_parser("report", help="re-render report files from a run's validate/bench results")
-    rep.add_argument("--run", required=True, help="run folder, e.g. runs/demo")
-    rep.add_argument("--device", default="x86-cpu")
-    rep.add_argument("--out", default=None, help="output folder (default: <run>/devices/<device>/report-rerendered)")
     shot = sub.add_parser("screenshot", help="render a report.html to PNG with headless Chromium")
     shot.add_argument("html")
     shot.add_argument("--png", default=None, help="output PNG (default: beside the HTML)")
     shot.add_argument("--width", type=int, default=1280)
     shot.add_argument("--height", type=int, default=2000)
     args = parser.parse_args(argv)
-    return {"report": _report, "screenshot": _screenshot}[args.command](args)
+    return {"screenshot": _screenshot}[args.command](args)
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ Usage: ``res = evaluate({"pytorch-fp32": ref_rt, "openvino-int8": ov_rt}, eval_s
 
 All runtimes run in lockstep over the same samples: each sample is pre-processed once (the deploy path,
 :class:`runtimes.processing.Processing`), fed to every runtime, post-processed by the one mask rule
-(:func:`benchmarks.metrics.logits_to_mask`, original resolution) and scored by :class:`benchmarks.metrics.SegMetrics`.
+(:func:`runtimes.masks.logits_to_mask`, original resolution) and scored by :class:`benchmarks.metrics.SegMetrics`.
 The reference's mask of the sample is compared with each candidate's right away (:class:`MaskAgreement`), so no mask
 is kept. Drops are ``reference − candidate`` from :func:`benchmarks.metrics.compare`'s paired bootstrap.
 """
@@ -51,7 +51,7 @@ def eval_samples(
         refer: A :class:`pipeline.data.refer.ReferDataset` (``samples(split)``, ``image(id)``, ``mask(ann_id)``).
         splits: Evaluation splits, in order.
         processing: The artifact's pre-processing (image size, normalization, tokenizer).
-        limit: At most this many samples per split, spread evenly (``pipeline.data.dataset.select``).
+        limit: At most this many samples per split, spread evenly (``benchmarks.sampling.select``).
         exclude: sample ids (``split:ref_id:sent_id``) left out before the selection, e.g. the samples the INT8
             fallback was tuned on: a gate measured on them would be optimistic.
 
@@ -76,7 +76,7 @@ def selected_samples(
     refer: Any, splits: Sequence[str], limit: int | None = None, exclude: Collection[str] = ()
 ) -> Iterator[tuple[str, Any]]:
     """``(split, sample)`` in the order :func:`eval_samples` scores them, without reading images."""
-    from pipeline.data.dataset import select
+    from benchmarks.sampling import select
 
     exclude = set(exclude)
     for split in splits:
@@ -120,7 +120,7 @@ def evaluate(
     """
     if reference not in runtimes:
         raise KeyError(f"reference {reference!r} is not among the runtimes {sorted(runtimes)}")
-    from benchmarks.metrics import logits_to_mask
+    from runtimes.masks import logits_to_mask
 
     cut = processing.threshold if processing is not None else threshold
     only = {name: set(ids) for name, ids in (only or {}).items()}

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipeline.errors import ArtifactError, RuntimeUnavailable
+from foundation.errors import ArtifactError, RuntimeUnavailable
 
 REFERENCE = "pytorch-fp32"
 SPLIT_GRAPHS = ("image_encoder", "text_encoder", "decoder")

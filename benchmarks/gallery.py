@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.metrics import logits_to_mask
+from runtimes.masks import logits_to_mask
 
 PANEL = 160  # side of each panel in pixels
 CAPTION = 30  # caption band above the panels
@@ -186,7 +186,7 @@ def write_gallery(rows: Sequence[GalleryRow], out_dir: str | Path) -> dict[str, 
     """
     from PIL import Image
 
-    from pipeline.io import atomic_path, atomic_write_json
+    from foundation.io import atomic_path, atomic_write_json
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -317,7 +317,7 @@ def load_timed(
         RuntimeUnavailable: the backend is not installed here.
         ArtifactError: the file is missing or corrupt.
     """
-    from pipeline.errors import RuntimeUnavailable
+    from foundation.errors import RuntimeUnavailable
     from runtimes import get_runtime
 
     rt = get_runtime(runtime)

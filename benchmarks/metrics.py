@@ -1,6 +1,7 @@
 """Referring image segmentation metrics: the project's single definition, numpy only (no torch).
 
-Usage: ``m = SegMetrics(); m.update(logits_to_mask(logits, gt.shape), gt, sample_id=sid, split="val"); m.result()``.
+Usage: ``m = SegMetrics(); m.update(logits_to_mask(logits, gt.shape), gt, sample_id=sid, split="val"); m.result()``
+(``from runtimes.masks import logits_to_mask``).
 
 Conventions (DESIGN §5; public RIS code disagrees on each of them, see research/paper_and_ris.md §3):
 
@@ -13,7 +14,8 @@ Conventions (DESIGN §5; public RIS code disagrees on each of them, see research
   say which one a report uses.
 - **Binarisation: sigmoid(logit) ≥ threshold**, 0.5 by default. It is evaluated as
   ``logit ≥ log(t / (1 - t))`` (exactly 0 for t = 0.5), which is the same test without overflow. CRIS uses a
-  strict ``>`` and t = 0.35; we do not.
+  strict ``>`` and t = 0.35; we do not. The rule is defined once, in :func:`runtimes.masks.logits_to_mask`, because
+  the robot's post-processing applies it too; the metrics here take its masks.
 - **I and U** are pixel counts of ``pred ∧ gt`` and ``pred ∨ gt``. A sample with **U = 0** (empty prediction
   and empty ground truth) has **IoU 1.0** (LAVT would count 0; ReLA/GRES counts 1).
 - **oIoU = ΣI / ΣU** over samples (cIoU in ReLA/EVF-SAM); ΣU = 0 gives 1.0. **mIoU = mean of per-sample IoU**
@@ -26,17 +28,16 @@ Conventions (DESIGN §5; public RIS code disagrees on each of them, see research
 from __future__ import annotations
 
 import itertools
-import math
 from collections.abc import Callable, Hashable, Iterable, Sequence
 from fractions import Fraction
 from typing import Any, NamedTuple
 
 import numpy as np
 
-from pipeline.errors import ConfigError, DataError, choice_error
+from foundation.errors import ConfigError, DataError, choice_error
+from runtimes.masks import check_hw
 
 THRESHOLDS: tuple[float, ...] = (0.5, 0.6, 0.7, 0.8, 0.9)
-DEFAULT_THRESHOLD = 0.5
 GROUP_KEYS = ("split", "kind")
 UNLABELLED = "unlabelled"  # group name for samples added without a split / kind
 _BOOT_CHUNK = 1 << 20  # resample-matrix elements per chunk: bounds bootstrap memory to a few tens of MB
@@ -44,83 +45,8 @@ _END = object()  # the end of the shorter sequence in agreement()
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# Post-processing: logits → mask at the evaluation resolution
+# Ground truth at the network input size (the LAVT protocol); logits → mask is runtimes.masks.logits_to_mask
 # ---------------------------------------------------------------------------------------------------------------------
-
-
-def _check_hw(out_hw: Sequence[int]) -> tuple[int, int]:
-    try:
-        h, w = (int(v) for v in out_hw)
-    except (TypeError, ValueError):
-        raise ConfigError(f"out_hw={out_hw!r}; expected (height, width) as two positive ints") from None
-    if h <= 0 or w <= 0:
-        raise ConfigError(f"out_hw={out_hw!r}; expected (height, width) as two positive ints")
-    return h, w
-
-
-def _bilinear_axis(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Source indices and weights along one axis, matching torch's ``align_corners=False`` rule."""
-    src = (np.arange(n_out, dtype=np.float64) + 0.5) * (n_in / n_out) - 0.5
-    src = np.maximum(src, 0.0)  # torch clamps negative source coordinates to the first pixel
-    i0 = np.minimum(np.floor(src).astype(np.intp), n_in - 1)
-    i1 = np.minimum(i0 + 1, n_in - 1)
-    return i0, i1, src - i0
-
-
-def resize_bilinear(x: np.ndarray, out_hw: Sequence[int]) -> np.ndarray:
-    """Resize the last two axes bilinearly with half-pixel centres (torch ``align_corners=False``, no antialias).
-
-    Args:
-        x: Float array ``[..., h, w]``.
-        out_hw: Output ``(height, width)``.
-
-    Returns:
-        float64 array ``[..., height, width]``; equals ``F.interpolate(mode="bilinear", align_corners=False)``
-        up to float32 rounding in torch.
-    """
-    x = np.asarray(x, dtype=np.float64)
-    if x.ndim < 2:
-        raise DataError(f"resize_bilinear got shape {x.shape}; expected [..., h, w]")
-    h, w = _check_hw(out_hw)
-    y0, y1, ly = _bilinear_axis(x.shape[-2], h)
-    x0, x1, lx = _bilinear_axis(x.shape[-1], w)
-    rows = x[..., y0, :] * (1.0 - ly)[:, None] + x[..., y1, :] * ly[:, None]  # ..., h, w_in
-    return rows[..., x0] * (1.0 - lx) + rows[..., x1] * lx  # ..., h, w
-
-
-def logit_threshold(threshold: float = DEFAULT_THRESHOLD) -> float:
-    """Return the logit ``log(t / (1 - t))`` such that ``sigmoid(z) ≥ t`` ⇔ ``z ≥ logit_threshold(t)``."""
-    t = float(threshold)
-    if not 0.0 < t < 1.0:
-        raise ConfigError(f"mask threshold {threshold!r} is outside (0, 1); it is a sigmoid probability, e.g. 0.5")
-    return math.log(t / (1.0 - t))
-
-
-def logits_to_mask(logits: np.ndarray, out_hw: Sequence[int], threshold: float = DEFAULT_THRESHOLD) -> np.ndarray:
-    """Turn one sample's mask logits into a bool mask at the evaluation size: upsample, then sigmoid ≥ threshold.
-
-    Args:
-        logits: ``[h, w]`` or ``[1, h, w]`` (any number of leading 1-dims) raw logits, before the sigmoid.
-        out_hw: Evaluation ``(height, width)``: the ORIGINAL image size for the default protocol.
-        threshold: Sigmoid probability; a pixel is foreground when ``sigmoid(logit) ≥ threshold``.
-
-    Returns:
-        Bool mask ``[height, width]``.
-
-    Raises:
-        DataError: the logits have another shape or hold NaN/inf (a broken engine, not a low score).
-    """
-    z = np.asarray(logits)
-    if z.ndim < 2 or any(d != 1 for d in z.shape[:-2]):
-        raise DataError(f"mask logits have shape {z.shape}; expected [h, w] or [1, h, w] for one sample")
-    z = z.reshape(z.shape[-2:])
-    if not np.issubdtype(z.dtype, np.floating):
-        raise DataError(f"mask logits have dtype {z.dtype}; expected floating-point logits")
-    bad = int(np.size(z) - np.count_nonzero(np.isfinite(z)))
-    if bad:
-        raise DataError(f"mask logits hold {bad} non-finite value(s) of {z.size}; expected finite logits")
-    cut = logit_threshold(threshold)
-    return resize_bilinear(z, out_hw) >= cut
 
 
 def _pil_nearest_axis(n_in: int, n_out: int) -> np.ndarray:
@@ -141,7 +67,7 @@ def resize_mask_nearest(mask: np.ndarray, out_hw: Sequence[int]) -> np.ndarray:
     m = np.asarray(mask)
     if m.ndim < 2:
         raise DataError(f"resize_mask_nearest got shape {m.shape}; expected [..., h, w]")
-    h, w = _check_hw(out_hw)
+    h, w = check_hw(out_hw)
     ys = _pil_nearest_axis(m.shape[-2], h)
     xs = _pil_nearest_axis(m.shape[-1], w)
     return m[..., ys[:, None], xs[None, :]]
@@ -392,7 +318,7 @@ class SegMetrics:
         if len({len(c) for c in cols}) != 1:
             raise DataError(f"metrics state columns have lengths {[len(c) for c in cols]}; expected equal lengths")
         m = cls(thresholds)
-        for sid, split, kind, i, u in zip(*cols):  # equal lengths, checked above
+        for sid, split, kind, i, u in zip(*cols, strict=True):  # equal lengths, checked above
             m.add(i, u, sample_id=tuple(sid) if isinstance(sid, list) else sid, split=split, kind=kind)
         return m
 
@@ -416,7 +342,7 @@ class BootstrapCI(NamedTuple):
 
 def _paired_columns(*arrays: Any, names: Sequence[str]) -> np.ndarray:
     cols = [np.asarray(a, dtype=np.float64).reshape(-1) for a in arrays]
-    sizes = {name: c.size for name, c in zip(names, cols)}
+    sizes = {name: c.size for name, c in zip(names, cols, strict=True)}
     if len(set(sizes.values())) != 1:
         raise DataError(f"paired bootstrap needs arrays of equal length over the same samples; got {sizes}")
     if cols[0].size == 0:
@@ -582,7 +508,7 @@ class MaskAgreement:
 
     def by_sample(self) -> dict[Hashable | None, float]:
         """Sample id -> agreement IoU, in insertion order."""
-        return dict(zip(self._ids, self.ious().tolist()))  # one id per sample, as update() appends them
+        return dict(zip(self._ids, self.ious().tolist(), strict=True))  # one id per sample, as update() appends them
 
     def worst(self, k: int = 10) -> list[tuple[Hashable | None, float]]:
         """The ``k`` samples with the lowest agreement IoU as ``(sample_id, iou)``, lowest first."""
@@ -607,7 +533,7 @@ class MaskAgreement:
 def agreement(masks_a: Iterable[np.ndarray], masks_b: Iterable[np.ndarray]) -> dict[str, Any]:
     """Stream two equally long sequences of bool masks through ``MaskAgreement`` and return its ``result()``."""
     acc = MaskAgreement()
-    for a, b in itertools.zip_longest(masks_a, masks_b, fillvalue=_END):  # zip(strict=True) needs Python 3.10
+    for a, b in itertools.zip_longest(masks_a, masks_b, fillvalue=_END):  # not zip(strict=True): the error says where
         if a is _END or b is _END:
             raise DataError(f"agreement() got sequences of different lengths after {len(acc)} pairs")
         acc.update(a, b)

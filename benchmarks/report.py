@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from pipeline.io import atomic_write_bytes, atomic_write_json, atomic_write_text
+from foundation.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 
 REFERENCE = "pytorch-fp32"
 POINTS = 100.0  # metrics are fractions; the report speaks in points (1 point = 0.01 mIoU)

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.errors import PipelineError
+from foundation.errors import PipelineError
 
 log = logging.getLogger("pipeline.backbones")
 
@@ -52,7 +52,7 @@ def run_config(base: str | None, overrides: list[str], name: str, seed: int) -> 
     from pipeline.config import load_config
 
     if name not in BACKBONES:
-        from pipeline.errors import choice_error
+        from foundation.errors import choice_error
 
         raise choice_error("backbone", name, BACKBONES)
     extra = [*BACKBONES[name], f"train.seed={seed}", f"run.name=backbone-{name}-s{seed}"]
@@ -130,7 +130,7 @@ def _mean_std(values: list[float | None]) -> str:
 
 def write_markdown(results: dict[str, list[dict[str, Any]]], meta: dict[str, Any], path: Path) -> None:
     """``backbones.md``: accuracy per split and kind, INT8 drops with CIs and agreement, latency, parameters."""
-    from pipeline.io import atomic_write_text
+    from foundation.io import atomic_write_text
 
     names = list(results)
     first = results[names[0]][0]
@@ -180,13 +180,17 @@ def write_markdown(results: dict[str, list[dict[str, Any]]], meta: dict[str, Any
                 lo, hi = d["ci_points"]
                 cells += [f"{d['drop_points']:+.2f} [{lo:+.2f}, {hi:+.2f}]", f"{d['agreement']:.3f}"]
             lines.append(f"| {name} | {seed} | " + " | ".join(cells) + " |")
+    # A backbone's seeds share one architecture, so their latencies differ only by what else ran on the machine:
+    # the table takes the lowest p50 of a backbone's runs (the least disturbed), not their mean.
     lines += ["", f"## Latency p50 (ms, batch 1, {meta['machine']})", "",
+              "The lowest p50 over a backbone's runs (the seeds share the architecture; a difference between them is "
+              "load on the machine).", "",
               "| backbone | " + " | ".join(RUNTIMES) + " |", "|---" * (len(RUNTIMES) + 1) + "|"]  # fmt: skip
     for name in names:
         cells = []
         for rt in RUNTIMES:
             values = [r["p50_ms"].get(rt) for r in results[name] if r["p50_ms"].get(rt) is not None]
-            cells.append(f"{np.median(values):.1f}" if values else "–")
+            cells.append(f"{min(values):.1f}" if values else "–")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     lines += ["", "Backbones: " + "; ".join(f"{n}: {DESCRIPTIONS[n]}" for n in names) + ".", ""]
     atomic_write_text(path, "\n".join(lines))
@@ -206,8 +210,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     from benchmarks.latency import describe_machine
-    from pipeline.cli import _setup_logging
-    from pipeline.io import atomic_write_json
+    from foundation.io import atomic_write_json
+    from pipeline.logs import setup_logging as _setup_logging
 
     _setup_logging("INFO")
     if len(set(args.seeds)) != len(args.seeds):

@@ -22,24 +22,24 @@ import tarfile
 from pathlib import Path
 from typing import Any
 
-from pipeline.errors import ArtifactError
-from pipeline.io import atomic_path, atomic_write_json, atomic_write_text, sha256_file
+from foundation.errors import ArtifactError
+from foundation.io import atomic_path, atomic_write_json, atomic_write_text, sha256_file
+from pipeline.stage import PROJECT_PACKAGES
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPTS_DIR = ROOT / "runtimes" / "bundle_files"
 SCRIPTS = ("common.py", "infer.py", "verify.py", "benchmark.py", "build_engine.py", "README.md")
-# The runtime side of the project, copied into the bundle's lib/ (package __init__ files included).
+# The runtime side of the project, copied into the bundle's lib/ (package __init__ files included): the bottom layer
+# (foundation/) and runtimes/ only; tests/test_layering.py keeps runtimes/ free of pipeline/ and benchmarks/ imports.
 VENDORED = (
-    "pipeline/__init__.py",
-    "pipeline/errors.py",
-    "pipeline/io.py",
-    "pipeline/data/__init__.py",
-    "pipeline/data/tokenize.py",
-    "pipeline/data/transforms.py",
-    "benchmarks/__init__.py",
-    "benchmarks/metrics.py",
+    "foundation/__init__.py",
+    "foundation/errors.py",
+    "foundation/io.py",
     "runtimes/__init__.py",
     "runtimes/base.py",
+    "runtimes/image.py",
+    "runtimes/masks.py",
+    "runtimes/tokenizer.py",
     "runtimes/processing.py",
     "runtimes/onnxruntime_rt.py",
     "runtimes/openvino_rt.py",
@@ -49,7 +49,6 @@ VENDORED = (
 )
 # What the robot is expected to have besides the standard library.
 ALLOWED_THIRD_PARTY = {"numpy", "PIL", "tokenizers", "tensorrt", "cuda", "pycuda", "onnxruntime", "openvino"}
-PROJECT_PACKAGES = {"pipeline", "model", "quantize", "runtimes", "benchmarks"}
 
 
 # Lazy (function-level) imports of host-only code that the bundle's scripts never reach.

@@ -1,8 +1,9 @@
 """Command line of the pipeline.
 
 Usage: ``python -m pipeline run --config configs/demo.yaml [--stages data,train] [--set data.seed=7]``
-(also installed as the ``s2rm`` console script). Sub-commands: ``run``, ``status``, ``clean``, ``stages``,
-``devices``, ``predict``, ``preflight`` (``python -m pipeline preflight --device jetson-orin-nano``).
+(also installed as the ``s2rm`` console script). Sub-commands: ``run``, ``status``, ``report`` (re-render a report
+from finished stages), ``clean``, ``stages``, ``devices``, ``predict``, ``preflight`` (``python -m pipeline preflight
+--device jetson-orin-nano``).
 """
 
 from __future__ import annotations
@@ -12,8 +13,9 @@ import logging
 import sys
 from pathlib import Path
 
+from foundation.errors import PipelineError
 from pipeline.config import Config, load_config
-from pipeline.errors import PipelineError
+from pipeline.logs import setup_logging
 from pipeline.preflight import add_arguments as add_preflight_arguments
 
 log = logging.getLogger("pipeline")
@@ -52,6 +54,15 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(status)
     status.add_argument("--verify", action="store_true", help="also re-hash every output file")
 
+    report = sub.add_parser(
+        "report",
+        help="re-render a device's report from its finished validate, bench and quantize stages (reruns nothing)",
+    )
+    _add_config_args(report)
+    report.add_argument(
+        "--out", type=Path, default=None, help="output folder (default: runs/<run>/devices/<device>/report-rerendered)"
+    )
+
     clean = sub.add_parser("clean", help="remove stage outputs of a run")
     _add_config_args(clean)
     clean.add_argument("--stages", default=None, help="comma-separated stages (default: the whole run)")
@@ -81,20 +92,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-# Toolchain loggers whose INFO lines describe their own graph passes (hundreds per export), not the pipeline's work:
-# at INFO they are raised to WARNING; ``--log-level DEBUG`` shows them.
-CHATTY_LOGGERS = ("onnxscript", "onnx_ir")
-
-
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level), format="%(asctime)s %(levelname)-7s %(name)s: %(message)s", datefmt="%H:%M:%S"
-    )
-    if getattr(logging, level) > logging.DEBUG:
-        for name in CHATTY_LOGGERS:
-            logging.getLogger(name).setLevel(max(getattr(logging, level), logging.WARNING))
-
-
 def cmd_run(args: argparse.Namespace, cfg: Config) -> int:
     from pipeline.runner import Runner
 
@@ -112,6 +109,32 @@ def cmd_status(args: argparse.Namespace, cfg: Config) -> int:
     print(f"run folder: {runner.run_dir}")
     for st in runner.statuses(verify=args.verify):
         print(f"  {st.stage:<10} {st.state:<9} {st.reason}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace, cfg: Config) -> int:
+    """Re-render a device's report from the run layout the runner wrote (the report stage's own inputs).
+
+    Raises:
+        StageError: neither the validate nor the bench stage of that device has results.
+    """
+    from benchmarks.report import write_report
+    from foundation.errors import StageError
+    from pipeline.runner import Runner
+    from pipeline.stages.report import build_report
+
+    runner = Runner(cfg)
+    validate, bench = runner.stage_dir("validate"), runner.stage_dir("bench")
+    if not (validate / "results.json").is_file() and not (bench / "results.json").is_file():
+        raise StageError(
+            f"neither {validate} nor {bench} has results.json; run them first: python -m pipeline run "
+            f"--device {cfg.device.name} --stages validate,bench (with the same --config and --set)"
+        )
+    final = runner.stage_dir("report")
+    rep = build_report(cfg, validate, bench, runner.stage_dir("quantize"), final)
+    out = args.out or final.parent / "report-rerendered"
+    for path in write_report(rep, out, validate / "gallery").values():
+        print(path)
     return 0
 
 
@@ -153,9 +176,9 @@ RUNTIME_BY_SUFFIX = {
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from pipeline.data.transforms import read_image
-    from pipeline.errors import ArtifactError, choice_error
+    from foundation.errors import ArtifactError, choice_error
     from runtimes import get_runtime
+    from runtimes.image import read_image
     from runtimes.processing import Processing
     from runtimes.visualize import save_mask_and_overlay
 
@@ -181,7 +204,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    _setup_logging(args.log_level)
+    setup_logging(args.log_level)
     try:
         if args.command == "stages":
             return cmd_stages(args)
@@ -194,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
 
             return cmd_preflight(args)
         cfg = load_config(args.config, args.overrides, device=args.device)
-        return {"run": cmd_run, "status": cmd_status, "clean": cmd_clean}[args.command](args, cfg)
+        return {"run": cmd_run, "status": cmd_status, "report": cmd_report, "clean": cmd_clean}[args.command](args, cfg)
     except PipelineError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -19,7 +19,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
-from pipeline.errors import ConfigError, closest
+from foundation.errors import ConfigError, closest
 
 SPLITS = ("train", "val", "test", "testA", "testB", "testC")
 
@@ -599,6 +599,6 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None, dev
 
 
 def save_config(cfg: Config, path: Path) -> None:
-    from pipeline.io import atomic_write_text
+    from foundation.io import atomic_write_text
 
     atomic_write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))

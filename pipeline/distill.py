@@ -24,9 +24,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from foundation.errors import CheckpointError
 from pipeline import trainutil as tu
 from pipeline.config import Config, DistillConfig, ModelConfig, TrainConfig
-from pipeline.errors import CheckpointError
 
 TEACHER_KEYS = ("image", "input_ids", "attention_mask")
 
@@ -168,7 +168,7 @@ class TeacherInputs:
 def with_teacher_inputs(train_set: Any, student_spec: Any, teacher_spec: Any) -> Any:
     """``train_set`` itself when the teacher reads the student's inputs; else a :class:`TeacherInputs` view."""
     from pipeline.data.dataset import RISDataset
-    from pipeline.data.tokenize import TextTokenizer
+    from runtimes.tokenizer import TextTokenizer
 
     same = [getattr(student_spec, k) == getattr(teacher_spec, k) for k in ("img_size", "text_dir", "max_tokens")]
     if all(same):

@@ -56,8 +56,8 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.errors import ConfigError, PipelineError, choice_error
-from pipeline.io import atomic_write_json, atomic_write_text
+from foundation.errors import ConfigError, PipelineError, choice_error
+from foundation.io import atomic_write_json, atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -611,7 +611,7 @@ def worker_main(request_path: str) -> int:
 
 
 def _setup_worker_logging() -> None:
-    from pipeline.cli import CHATTY_LOGGERS
+    from pipeline.logs import CHATTY_LOGGERS
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
     for name in CHATTY_LOGGERS:

@@ -29,9 +29,9 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from foundation.errors import PipelineError, StageError
+from foundation.io import atomic_write_json, fsync_dir, sha256_file
 from pipeline.config import Config, save_config
-from pipeline.errors import PipelineError, StageError
-from pipeline.io import atomic_write_json, fsync_dir, sha256_file
 from pipeline.stage import TOOLCHAIN, Stage, StageContext, get_stage, load_stages, order
 
 log = logging.getLogger("pipeline")

@@ -26,8 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from foundation.errors import StageError, choice_error
 from pipeline.config import Config
-from pipeline.errors import StageError, choice_error
 
 # Toolchain packages whose versions enter a stage's cache key when the stage declares them.
 TOOLCHAIN = (
@@ -46,32 +46,33 @@ TOOLCHAIN = (
 
 # Where a stage's declared code is read from, and the top-level packages a declared name may start with.
 ROOT = Path(__file__).resolve().parent.parent
-PROJECT_PACKAGES = ("benchmarks", "model", "pipeline", "quantize", "runtimes")
-# Modules that schedule and record stages rather than compute their outputs: never part of a stage's code version.
-FRAMEWORK = ("pipeline.stage", "pipeline.runner", "pipeline.cli")
+PROJECT_PACKAGES = ("benchmarks", "foundation", "model", "pipeline", "quantize", "runtimes")
+# Modules that schedule, record and log stages rather than compute their outputs: never part of a stage's code version.
+FRAMEWORK = ("pipeline.stage", "pipeline.runner", "pipeline.cli", "pipeline.logs")
 
 
 # Code groups that several stages declare (``code=CODE_TRAINING + ("quantize.calibration",)``).
-CODE_BASE = ("pipeline.config", "pipeline.errors", "pipeline.io")
+CODE_BASE = ("foundation", "pipeline.config")
+# pipeline.data reads images and tokenizes with the robot's own code (runtimes.image, runtimes.tokenizer)
+CODE_DATA = (*CODE_BASE, "benchmarks.sampling", "pipeline.data", "runtimes.image", "runtimes.tokenizer")
 CODE_TRAINING = (
-    *CODE_BASE,
+    *CODE_DATA,
     "benchmarks.metrics",
     "model",
-    "pipeline.data",
     "pipeline.distill",
     "pipeline.stages.distill",
     "pipeline.train",
     "pipeline.trainstate",
     "pipeline.trainutil",
+    "runtimes.masks",
 )
-CODE_EVALUATION = (*CODE_BASE, "benchmarks.metrics", "model", "pipeline.data", "runtimes")
+CODE_EVALUATION = (*CODE_BASE, "benchmarks.metrics", "benchmarks.sampling", "model", "pipeline.data", "runtimes")
 CODE_MEASURING = (
     *CODE_EVALUATION,
     "benchmarks.accuracy",
     "benchmarks.artifacts",
     "benchmarks.gallery",
     "benchmarks.latency",
-    "pipeline.stages.validate",
     "quantize",
 )
 

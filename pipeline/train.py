@@ -48,11 +48,11 @@ from torch import nn
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
+from foundation.errors import StageError
+from foundation.io import atomic_write_json, atomic_write_text
 from pipeline import trainstate as ts
 from pipeline import trainutil as tu
 from pipeline.config import Config, ModelConfig
-from pipeline.errors import StageError
-from pipeline.io import atomic_write_json, atomic_write_text
 
 log = logging.getLogger("pipeline.train")
 
@@ -137,7 +137,8 @@ def evaluate(
     model: nn.Module, samples: Any, device: torch.device, dtype: torch.dtype | None, threshold: float
 ) -> dict[str, Any]:
     """oIoU / mIoU of ``model`` over ``iter_eval`` samples with :mod:`benchmarks.metrics` (the only definition)."""
-    from benchmarks.metrics import SegMetrics, logits_to_mask
+    from benchmarks.metrics import SegMetrics
+    from runtimes.masks import logits_to_mask
 
     was_training = model.training
     model.eval()
@@ -220,7 +221,7 @@ def fit(cfg: Config, data_dir: Path, out: Path, teacher: Path | None = None) -> 
     """
     from model.weights import save_checkpoint
     from pipeline.data.dataset import RISDataset, iter_eval, open_dataset
-    from pipeline.data.tokenize import TextTokenizer
+    from runtimes.tokenizer import TextTokenizer
 
     tc = cfg.train
     # ---- set-up: processes, seeds, precision
@@ -437,11 +438,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", type=Path, default=None, help="with --out: the data stage's folder")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     args = parser.parse_args(argv)
-    from pipeline.cli import _setup_logging
+    from foundation.errors import PipelineError
     from pipeline.config import load_config
-    from pipeline.errors import PipelineError
+    from pipeline.logs import setup_logging
 
-    _setup_logging(args.log_level if int(os.environ.get("RANK", "0")) == 0 else "WARNING")  # rank 0 speaks
+    setup_logging(args.log_level if int(os.environ.get("RANK", "0")) == 0 else "WARNING")  # rank 0 speaks
     try:
         cfg = load_config(args.config, args.overrides)
         run_dir = Path(cfg.run.root).resolve() / cfg.run.name

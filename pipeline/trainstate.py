@@ -32,8 +32,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from pipeline.errors import CheckpointError
-from pipeline.io import atomic_write_json, fsync_dir, sha256_file
+from foundation.errors import CheckpointError
+from foundation.io import atomic_write_json, fsync_dir, sha256_file
 
 STATE_JSON = "state.json"
 MODEL_PREFIX = "model"  # model.safetensors + model.json

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from pipeline.errors import ConfigError, DataError, StageError
+from foundation.errors import ConfigError, DataError, StageError
 
 log = logging.getLogger("pipeline.train")
 

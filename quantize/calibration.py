@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.errors import DataError
+from foundation.errors import DataError
 
 log = logging.getLogger(__name__)
 
@@ -153,7 +153,7 @@ def strata(refer: Any, samples: Sequence[Any]) -> dict[str, dict[str, int]]:
 
 def build_arrays(refer: Any, samples: Sequence[Any], tokenizer: Any, size: int) -> dict[str, np.ndarray]:
     """Model inputs of the samples, stacked: ``image`` float32 [N,3,S,S], token inputs int32 [N,L], ``ids`` [N]."""
-    from pipeline.data.transforms import preprocess_image
+    from runtimes.image import preprocess_image
 
     cache: dict[int, np.ndarray] = {}
     images = []
@@ -172,7 +172,7 @@ def build_arrays(refer: Any, samples: Sequence[Any], tokenizer: Any, size: int) 
 
 def save_calibration(path: str | Path, arrays: dict[str, np.ndarray]) -> Path:
     """Write the arrays as one ``.npz`` (uncompressed: normalized float images do not compress)."""
-    from pipeline.io import atomic_path
+    from foundation.io import atomic_path
 
     path = Path(path)
     with atomic_path(path) as tmp, open(tmp, "wb") as fh:
@@ -221,8 +221,8 @@ class ValItem(tuple):
 
 def validation_items(refer: Any, splits: Sequence[str], n: int, tokenizer: Any, size: int) -> list[ValItem]:
     """About ``n`` evaluation samples spread evenly over ``splits`` (the subset the INT8 drop is measured on)."""
-    from pipeline.data.dataset import select
-    from pipeline.data.transforms import preprocess_image
+    from benchmarks.sampling import select
+    from runtimes.image import preprocess_image
 
     per_split = max(1, n // max(1, len(splits)))
     items: list[ValItem] = []
@@ -240,10 +240,11 @@ def validation_items(refer: Any, splits: Sequence[str], n: int, tokenizer: Any, 
 def score(infer: Any, items: Sequence[ValItem], threshold: float = 0.5) -> tuple[float, list[float]]:
     """mIoU (a fraction) and per-sample IoUs of ``infer(feeds) -> mask_logits`` over validation items.
 
-    The metric is :class:`benchmarks.metrics.SegMetrics` with :func:`benchmarks.metrics.logits_to_mask` (original
+    The metric is :class:`benchmarks.metrics.SegMetrics` with :func:`runtimes.masks.logits_to_mask` (original
     resolution, ``sigmoid ≥ threshold``): the project's only definition.
     """
-    from benchmarks.metrics import SegMetrics, logits_to_mask
+    from benchmarks.metrics import SegMetrics
+    from runtimes.masks import logits_to_mask
 
     metrics = SegMetrics()
     ious = []

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.errors import ArtifactError
+from foundation.errors import ArtifactError
 
 log = logging.getLogger(__name__)
 

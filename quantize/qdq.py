@@ -44,7 +44,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.errors import ArtifactError, ConfigError, RuntimeUnavailable
+from foundation.errors import ArtifactError, ConfigError, RuntimeUnavailable
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from pipeline.errors import ArtifactError
+from foundation.errors import ArtifactError
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
 QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")

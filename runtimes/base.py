@@ -19,7 +19,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from pipeline.errors import ArtifactError, RuntimeUnavailable, choice_error
+from foundation.errors import ArtifactError, RuntimeUnavailable, choice_error
 
 # Key of the metadata namespace inside OpenVINO rt_info, and the format version of the description.
 RT_INFO_ROOT = "s2rm"

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from pipeline.errors import ArtifactError
+from foundation.errors import ArtifactError
 from runtimes.base import RT_INFO_ROOT, TOKEN_DTYPE, decode_metadata, encode_metadata
 
 log = logging.getLogger(__name__)

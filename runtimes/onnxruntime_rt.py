@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.errors import ArtifactError, RuntimeUnavailable, choice_error
+from foundation.errors import ArtifactError, RuntimeUnavailable, choice_error
 from runtimes.base import RuntimeBase, TensorSpec, decode_metadata, prepare_feeds, require, tensor_specs
 
 UNFUSED_QDQ = "session.disable_quant_qdq"  # session config entry: keep Q/DQ pairs as nodes (no QLinear* fusion)

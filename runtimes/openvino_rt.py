@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.errors import ArtifactError, RuntimeUnavailable
+from foundation.errors import ArtifactError, RuntimeUnavailable
 from runtimes.base import RT_INFO_ROOT, RuntimeBase, TensorSpec, decode_metadata, prepare_feeds, require, tensor_specs
 
 INSTALL_HINT = "pip install openvino"

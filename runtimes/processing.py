@@ -3,10 +3,10 @@
 Usage: ``proc = Processing.from_metadata(rt.metadata); out = rt.infer(proc(rgb, "the red star")); mask =
 proc.postprocess(out["mask_logits"], rgb.shape[:2])``.
 
-Nothing here is re-implemented: the image transform is :func:`pipeline.data.transforms.preprocess_image`, the
-tokenizer :class:`pipeline.data.tokenize.TextTokenizer` and the mask rule :func:`benchmarks.metrics.logits_to_mask`
-(upsample bilinearly to the original size, ``sigmoid ≥ threshold``), so training, evaluation, validation and the
-robot all process inputs the same way. Numpy, PIL and tokenizers only: no torch.
+Nothing here is re-implemented: the image transform is :func:`runtimes.image.preprocess_image`, the tokenizer
+:class:`runtimes.tokenizer.TextTokenizer` and the mask rule :func:`runtimes.masks.logits_to_mask` (upsample
+bilinearly to the original size, ``sigmoid ≥ threshold``), so training, evaluation, validation and the robot all
+process inputs the same way. Numpy, PIL and tokenizers only: no torch.
 """
 
 from __future__ import annotations
@@ -20,10 +20,10 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.metrics import DEFAULT_THRESHOLD, logits_to_mask
-from pipeline.data.tokenize import TextTokenizer
-from pipeline.data.transforms import MEAN, STD, preprocess_image
-from pipeline.errors import ArtifactError
+from foundation.errors import ArtifactError
+from runtimes.image import MEAN, STD, preprocess_image
+from runtimes.masks import DEFAULT_THRESHOLD, logits_to_mask
+from runtimes.tokenizer import TextTokenizer
 
 MASK_OUTPUT = "mask_logits"
 

@@ -47,7 +47,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline.errors import ArtifactError, ConfigError, PipelineError, RuntimeUnavailable
+from foundation.errors import ArtifactError, ConfigError, PipelineError, RuntimeUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -590,7 +590,7 @@ def write_build_script(
         note: comment lines under the header.
         preamble: shell lines run before the commands (environment, fail-fast checks).
     """
-    from pipeline.io import atomic_write_text
+    from foundation.io import atomic_write_text
 
     path = Path(path)
     lines = [
@@ -662,7 +662,7 @@ def _pin_fp32_layers(trt: Any, network: Any, config: Any, settings: BuildSetting
         layers.setdefault(layer.name, layer)
     missing = [name for name in names if name not in layers]
     if missing:
-        from pipeline.errors import closest
+        from foundation.errors import closest
 
         raise ConfigError(
             f"fp32_layers names {len(missing)} layer(s) that the TensorRT network of {onnx_path.name} does not have: "
@@ -712,7 +712,7 @@ def build_engine(
         ArtifactError: the parser or the builder failed (parser errors are listed with their nodes), the typing mode
             does not exist in this TensorRT, or the DLA core does not exist on this device.
     """
-    from pipeline.io import atomic_write_bytes
+    from foundation.io import atomic_write_bytes
 
     ok, reason = tensorrt_status()
     if not ok:
@@ -808,7 +808,7 @@ def write_sidecar(
         ArtifactError: the engine or the ONNX is missing.
         RuntimeUnavailable: tensorrt does not import here (its version is what the sidecar records).
     """
-    from pipeline.io import atomic_write_json, sha256_file
+    from foundation.io import atomic_write_json, sha256_file
 
     onnx_path, engine_path = Path(onnx_path), Path(engine_path)
     if not engine_path.is_file() or engine_path.stat().st_size == 0:
@@ -915,7 +915,7 @@ def record_placement(engine_path: str | Path, settings: BuildSettings) -> dict[s
         The placement (:func:`layer_placement` with ``dla_core`` and ``layer_info``), or None: no DLA core, or no
         layer information (then a warning says so).
     """
-    from pipeline.io import atomic_write_json
+    from foundation.io import atomic_write_json
 
     if settings.dla_core is None:
         return None

@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.errors import ArtifactError, RuntimeUnavailable
+from foundation.errors import ArtifactError, RuntimeUnavailable
 from runtimes.base import RuntimeBase, TensorSpec, decode_metadata, prepare_feeds
 
 log = logging.getLogger(__name__)

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.errors import ArtifactError, RuntimeUnavailable, choice_error
+from foundation.errors import ArtifactError, RuntimeUnavailable, choice_error
 from runtimes.base import RuntimeBase, TensorSpec, prepare_feeds
 
 INSTALL_HINT = "pip install torch timm transformers (see the Makefile's setup target for the pinned CPU build)"

@@ -24,7 +24,7 @@ def save_mask_and_overlay(rgb: np.ndarray, mask: np.ndarray, mask_path: Path, ov
     """The mask as a 0/255 single-channel PNG and the overlay as an RGB PNG."""
     from PIL import Image
 
-    from pipeline.io import atomic_path
+    from foundation.io import atomic_path
 
     for path, arr in ((mask_path, mask.astype(np.uint8) * 255), (overlay_path, overlay(rgb, mask))):
         with atomic_path(path) as tmp:

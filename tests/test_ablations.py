@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from benchmarks import ablations as ab
+from pipeline import ablations as ab
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -40,7 +40,7 @@ def test_summary_has_mean_std_over_seeds_and_a_paired_difference_with_ci(tmp_pat
     for name in summary:
         summary[name] |= {"params": 1_000_000, "latency": {"p50_ms": 12.5, "p90_ms": 13.0}}
     meta = {"seeds": [0, 1], "seeds_n": 2, "budget": "4 steps × batch 4", "threads": 1, "machine": "test",
-            "command": "python -m benchmarks.ablations"}  # fmt: skip
+            "command": "python -m pipeline.ablations"}  # fmt: skip
     ab.write_markdown(summary, meta, tmp_path / "a.md")
     text = (tmp_path / "a.md").read_text()
     assert "| no-shifts | K = 0" in text and "12.5" in text and "±" in text
@@ -49,7 +49,7 @@ def test_summary_has_mean_std_over_seeds_and_a_paired_difference_with_ci(tmp_pat
 
 
 def test_unknown_ablation_is_refused_with_the_valid_names():
-    from pipeline.errors import ConfigError
+    from foundation.errors import ConfigError
 
     with pytest.raises(ConfigError, match="no-casg"):
         ab.run_config(None, [], "no-shift", 0, None)
@@ -65,7 +65,7 @@ def test_tiny_study_end_to_end_then_cached(tmp_path):
             "train.batch_size=4", "train.expressions_per_image=2", "train.eval_every=2", "train.eval_samples=3",
             "train.num_workers=0", "train.threads=1", "train.warmup_steps=0"]  # fmt: skip
     config = str(REPO / "configs" / "demo.yaml")
-    cmd = [sys.executable, "-m", "benchmarks.ablations", "--config", config, "--seeds", "0", "1", "--latency-runs", "2",
+    cmd = [sys.executable, "-m", "pipeline.ablations", "--config", config, "--seeds", "0", "1", "--latency-runs", "2",
            "--threads", "1", *[a for s in sets for a in ("--set", s)]]  # fmt: skip
     env = {"PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"}
     first = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)

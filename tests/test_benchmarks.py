@@ -30,7 +30,7 @@ from benchmarks.latency import (
     time_isolated,
 )
 from benchmarks.latency import summarize as lat_summary
-from pipeline.errors import RuntimeUnavailable, StageError
+from foundation.errors import RuntimeUnavailable, StageError
 from pipeline.stage import StageContext
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -17,9 +17,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from foundation.errors import ArtifactError
 from pipeline.bundle import VENDORED, check_closure, extract_bundle
 from pipeline.config import load_config
-from pipeline.errors import ArtifactError
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPTS = ROOT / "runtimes" / "bundle_files"
@@ -118,7 +118,7 @@ def _fake_device(tmp_path: Path) -> dict[str, str]:
 def test_build_script_writes_sidecars_the_runtime_accepts(jetson_bundle, tmp_path):
     """``./build_engine.sh && python3 verify.py``: each engine trtexec builds gets its sidecar, which the runtime's
     checks accept; a stale engine (built from another ONNX) is refused with the way out."""
-    from pipeline.io import sha256_file
+    from foundation.io import sha256_file
     from runtimes.tensorrt_rt import check_compatible, read_sidecar
 
     bundle = extract_bundle(jetson_bundle["tar"], tmp_path / "robot")
@@ -179,7 +179,7 @@ def test_stale_engine_check(monkeypatch, tmp_path, caplog):
     onnx = tmp_path / "models" / "m.onnx"
     onnx.parent.mkdir()
     onnx.write_bytes(b"onnx")
-    from pipeline.io import sha256_file
+    from foundation.io import sha256_file
 
     digest = sha256_file(onnx)
     engine = tmp_path / "engines" / "m.engine"

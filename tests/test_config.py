@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from foundation.errors import ConfigError
 from pipeline.config import Config, load_config, save_config
-from pipeline.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
 

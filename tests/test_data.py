@@ -21,14 +21,16 @@ import pytest
 from PIL import Image
 from pycocotools import mask as mask_utils
 
+from benchmarks.sampling import select
+from foundation.errors import ConfigError, DataError
 from pipeline.config import load_config
 from pipeline.data import synref as sr
-from pipeline.data.dataset import RISDataset, iter_eval, open_dataset, select
+from pipeline.data.dataset import RISDataset, iter_eval, open_dataset
 from pipeline.data.refer import annotation_mask, load_refer, load_refs
-from pipeline.data.tokenize import TextTokenizer
-from pipeline.data.transforms import MEAN, STD, preprocess_image, resize_mask
-from pipeline.errors import ConfigError, DataError
+from pipeline.data.transforms import resize_mask
 from pipeline.stage import StageContext
+from runtimes.image import MEAN, STD, preprocess_image
+from runtimes.tokenizer import TextTokenizer
 
 SMALL = "data.synref.images={train: 12, val: 12, testA: 12, testB: 12}"
 TINY = "data.synref.images={train: 3, val: 2, testA: 2, testB: 2}"
@@ -498,7 +500,7 @@ def test_tokenizer_without_tokenizer_json_falls_back_to_transformers(minilm, tmp
 
 def test_runtime_side_modules_do_not_import_torch():
     code = (
-        "import sys; import pipeline.data.tokenize, pipeline.data.transforms, pipeline.data.dataset; "
+        "import sys; import runtimes.tokenizer, runtimes.image, pipeline.data.transforms, pipeline.data.dataset; "
         "sys.exit('torch' in sys.modules)"
     )
     root = Path(__file__).resolve().parents[1]

@@ -16,8 +16,8 @@ import numpy as np
 import onnx
 import pytest
 
+from foundation.errors import ConfigError
 from pipeline.config import device_names, load_config, qdq_float_dtype
-from pipeline.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::UserWarning", "ignore::FutureWarning")

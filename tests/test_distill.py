@@ -8,10 +8,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from foundation.errors import CheckpointError
 from pipeline import trainutil as tu
 from pipeline.config import load_config
 from pipeline.distill import DistillObjective, distill, logit_distill_loss, student_config
-from pipeline.errors import CheckpointError
 from tests.test_train import TINY_DATA, _restore_torch_globals, data_dir, write_config  # noqa: F401 (fixtures)
 
 

@@ -13,8 +13,8 @@ from typing import Any
 import numpy as np
 import pytest
 
+from foundation.errors import ArtifactError, ConfigError, DataError
 from pipeline.config import Config, load_config
-from pipeline.errors import ArtifactError, ConfigError, DataError
 from pipeline.stage import StageContext
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::UserWarning", "ignore::FutureWarning")

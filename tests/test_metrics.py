@@ -16,12 +16,10 @@ from benchmarks.metrics import (
     bootstrap_diff_oiou,
     compare,
     intersection_union,
-    logit_threshold,
-    logits_to_mask,
-    resize_bilinear,
     resize_mask_nearest,
 )
-from pipeline.errors import ConfigError, DataError
+from foundation.errors import ConfigError, DataError
+from runtimes.masks import logit_threshold, logits_to_mask, resize_bilinear
 
 
 def m(rows: str) -> np.ndarray:

@@ -15,7 +15,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from pipeline.errors import ArtifactError
+from foundation.errors import ArtifactError
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::UserWarning", "ignore::FutureWarning")
 
@@ -218,7 +218,7 @@ def test_int64_inputs_are_refused_for_tensorrt8():
 
 
 def test_unknown_qdq_backend_and_exclusions_are_refused(quantized, tmp_path):
-    from pipeline.errors import ConfigError
+    from foundation.errors import ConfigError
     from quantize.qdq import quantize_qdq_int8, resolve_backend
 
     with pytest.raises(ConfigError, match="unknown Q/DQ backend 'tensorrt'"):
@@ -235,9 +235,9 @@ def test_unknown_qdq_backend_and_exclusions_are_refused(quantized, tmp_path):
 def test_openvino_accuracy_control_runs_with_the_miou_validation(quantized, tmp_path):
     """nncf.quantize_with_accuracy_control with the project's mIoU as validation_fn (slow: NNCF ranks quantizers)."""
     from pipeline.data.dataset import open_dataset
-    from pipeline.data.tokenize import TextTokenizer
     from quantize.calibration import load_calibration, score, validation_items
     from quantize.openvino_int8 import quantize_openvino_int8
+    from runtimes.tokenizer import TextTokenizer
 
     root = quantized["root"]
     refer = open_dataset(quantized["cfg"], root / "data")
@@ -366,7 +366,7 @@ def test_fp16_remainder_keeps_qdq_int8_and_fp32_islands(quantized, tmp_path):
     """TensorRT 11 is strongly typed only: the ONNX Runtime backend writes the float remainder as FP16 in the graph."""
     import onnxruntime as ort
 
-    from pipeline.errors import ConfigError
+    from foundation.errors import ConfigError
     from quantize.calibration import load_calibration
     from quantize.qdq import fp16_remainder, head_nodes, quantize_qdq_int8, quantized_nodes
     from quantize.trt_compat import check_trt_compat

@@ -37,11 +37,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
+from foundation.errors import ArtifactError, ConfigError, DataError, RuntimeUnavailable, StageError
 from pipeline.config import Config, load_config
 from pipeline.data.refer import load_refer
-from pipeline.data.tokenize import TextTokenizer, clean_expression
-from pipeline.data.transforms import MAX_PIXELS_ENV, MEAN, STD, preprocess_image, read_image
-from pipeline.errors import ArtifactError, ConfigError, DataError, RuntimeUnavailable, StageError
+from runtimes.image import MAX_PIXELS_ENV, MEAN, STD, preprocess_image, read_image
+from runtimes.tokenizer import TextTokenizer, clean_expression
 
 ROOT = Path(__file__).resolve().parent.parent
 SIZE, TOKENS = 32, 12  # the toy artifact's input side and token length
@@ -254,8 +254,8 @@ def test_huge_image_is_refused_from_its_header_with_bounded_memory(tmp_path):
     # In a fresh process: refusing it must not decode it (144 MB as Pillow's 1-bit, 432 MB as RGB).
     code = (
         "import sys\n"
-        "from pipeline.data.transforms import read_image\n"
-        "from pipeline.errors import DataError\n"
+        "from runtimes.image import read_image\n"
+        "from foundation.errors import DataError\n"
         "try:\n    read_image(sys.argv[1])\nexcept DataError:\n    pass\n"
         # VmHWM is the peak of this process image; ru_maxrss would carry over the forking pytest's peak across exec
         "print(next(l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM')))\n"
@@ -642,8 +642,8 @@ def _bundle_description(onnx_path: Path) -> dict[str, Any]:
 def bundle(toy, tmp_path_factory) -> Path:
     """A deploy bundle around the toy model, laid out as the bundle stage lays it out."""
     from pipeline.bundle import copy_scripts, vendor_runtime, write_checksums, write_metadata
-    from pipeline.data.tokenize import default_tokenizer_dir
     from runtimes.export import copy_tokenizer
+    from runtimes.tokenizer import default_tokenizer_dir
 
     out = tmp_path_factory.mktemp("bundle") / "bundle"
     shutil.copy(toy["onnx"], _mkdir(out / "models") / "full.onnx")
@@ -727,7 +727,7 @@ import sys
 from pipeline import runner as runner_mod
 from pipeline import stage as stage_mod
 from pipeline.config import load_config
-from pipeline.io import atomic_write_text
+from foundation.io import atomic_write_text
 from pipeline.stage import stage
 
 KILL_AT = os.environ.get("KILL_AT", "")
@@ -918,8 +918,8 @@ def test_sigkill_of_the_real_data_stage_gives_the_same_manifest(tmp_path):
 @pytest.fixture
 def two_stages(monkeypatch, tmp_path):
     """Two real stages (a -> b) registered for the test only, and a runner factory over ``tmp_path/<name>``."""
+    from foundation.io import atomic_write_text
     from pipeline import stage as stage_mod
-    from pipeline.io import atomic_write_text
     from pipeline.runner import Runner
     from pipeline.stage import stage
 
@@ -978,7 +978,7 @@ def test_full_disk_leaves_nothing_counted_as_done(where, two_stages):
 
 
 def test_full_disk_during_an_atomic_write_keeps_the_old_file(tmp_path):
-    from pipeline.io import atomic_write_bytes
+    from foundation.io import atomic_write_bytes
 
     target = _write(tmp_path / "model.onnx", b"old, complete")
     real_write = Path.write_bytes
@@ -996,7 +996,7 @@ def test_full_disk_during_an_atomic_write_keeps_the_old_file(tmp_path):
 
 # ---------------------------------------------------------------------------------------------- untrusted files
 
-SCANNED = ("pipeline", "model", "runtimes", "quantize", "benchmarks", "tests", "tools")
+SCANNED = ("foundation", "pipeline", "model", "runtimes", "quantize", "benchmarks", "tests", "tools")
 UNPICKLERS = {"pickle", "_pickle", "cPickle", "dill", "cloudpickle", "joblib", "marshal", "shelve"}
 RISKY_NAMES = {"load", "loads", "Unpickler"}
 

@@ -44,8 +44,8 @@ def _bench(p50, size=None, status="ok", split=False):
     return out
 
 
-@pytest.fixture
-def demo_report():
+def _demo_results() -> tuple[dict, dict]:
+    """``validate`` and ``bench`` results.json of a demo run."""
     rows = [
         _val("pytorch-fp32", "PyTorch FP32", "torch", "fp32", 0.80, 0.0, size=40_000_000, size_ref="pytorch-fp32"),
         _val("onnxruntime-fp32", "ONNX Runtime FP32", "onnxruntime", "fp32", 0.80, 0.0, size=40_000_000,
@@ -75,6 +75,12 @@ def demo_report():
             "tensorrt-int8": {"status": "unavailable: tensorrt is not installed"},
         },
     }  # fmt: skip
+    return validation, bench
+
+
+@pytest.fixture
+def demo_report():
+    validation, bench = _demo_results()
     quant = {"fallback": {"onnxruntime-int8": ["/decoder/head/Conv", "/s2rm/MatMul_3"], "openvino-int8": []}}
     return assemble(validation, bench, quant, {"run": "demo", "device": "x86-cpu", "commands": ["make report"]})
 
@@ -145,6 +151,43 @@ def test_report_without_bench_or_validation(tmp_path):
     empty = assemble(None, None)
     assert empty["rows"] == [] and empty["pareto"] == []
     rep_mod.plot(empty)
+
+
+def test_rerendered_report_reads_the_run_layout_and_keeps_the_fallback_nodes(tmp_path, capsys):
+    """``python -m pipeline report`` reads the device's own quantize stage (``runs/<run>/devices/<device>/quantize``,
+    not ``runs/<run>/quantize``), so the nodes returned to float survive a re-render, as the stage wrote them."""
+    from pipeline.cli import main
+    from pipeline.config import load_config
+    from pipeline.stages.report import build_report
+
+    validation, bench = _demo_results()
+    device = tmp_path.resolve() / "demo" / "devices" / "x86-cpu"  # the runner resolves run.root
+    for stage, results in (("validate", validation), ("bench", bench)):
+        (device / stage).mkdir(parents=True)
+        (device / stage / "results.json").write_text(json.dumps(results))
+    figures = {
+        "full_int8_qdq.onnx": {"mask_head": ["/decoder/head/Conv"],
+                               "fallback": {"excluded": ["/decoder/head/Conv", "/s2rm/MatMul_3"]}},
+        "full_int8.xml": {"quantization": {"ignored": ["/s2rm/Add_1"]}},
+    }  # fmt: skip
+    (device / "quantize").mkdir()
+    (device / "quantize" / "manifest.json").write_text(json.dumps({"figures": figures}))
+
+    assert main(["report", "--set", f"run.root={tmp_path}", "--device", "x86-cpu"]) == 0
+    out = device / "report-rerendered"
+    assert str(out / "report.md") in capsys.readouterr().out
+    rows = {r["name"]: r for r in json.loads((out / "report.json").read_text())["rows"]}
+    assert rows["onnxruntime-int8"]["fallback_nodes"] == ["/s2rm/MatMul_3"]  # the mask head is float by policy
+    assert rows["openvino-int8"]["fallback_nodes"] == ["/s2rm/Add_1"]
+    assert "/s2rm/MatMul_3" in (out / "report.md").read_text()
+    # the same report the report stage assembles from the same folders
+    cfg = load_config(None, [f"run.root={tmp_path}"], device="x86-cpu")
+    staged = build_report(cfg, device / "validate", device / "bench", device / "quantize", device / "report")
+    written = json.loads((out / "report.json").read_text())
+    assert json.dumps(written, sort_keys=True) == json.dumps(staged, sort_keys=True, default=str)
+
+    assert main(["report", "--set", f"run.root={tmp_path / 'empty'}", "--device", "x86-cpu"]) == 2
+    assert "has results.json" in capsys.readouterr().err
 
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from foundation.errors import StageError
 from pipeline import runner as runner_mod
 from pipeline import stage as stage_mod
 from pipeline.config import load_config
-from pipeline.errors import StageError
 from pipeline.runner import Runner, _digest
 from pipeline.stage import FRAMEWORK, PROJECT_PACKAGES, ROOT, Stage, StageContext, code_files, get_stage, stage
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.errors import ArtifactError, RuntimeUnavailable
+from foundation.errors import ArtifactError, RuntimeUnavailable
 from runtimes import get_runtime
 from runtimes.processing import Processing
 from runtimes.tensorrt_rt import TensorRTRuntime, check_compatible
@@ -232,7 +232,7 @@ def test_postprocess_matches_torch_interpolate_and_sigmoid():
     import torch
     import torch.nn.functional as F
 
-    from benchmarks.metrics import resize_bilinear
+    from runtimes.masks import resize_bilinear
 
     rng = np.random.default_rng(1)
     logits = (rng.standard_normal((1, 1, 16, 16)) * 3).astype(np.float32)
@@ -252,7 +252,7 @@ def test_preprocess_matches_torch_normalize_and_eval_iterator():
     import torch
     from PIL import Image
 
-    from pipeline.data.transforms import preprocess_image
+    from runtimes.image import preprocess_image
 
     rgb = _rgb(3, 50, 70)
     proc = Processing(64, 12)

@@ -19,11 +19,11 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
+from foundation.errors import CheckpointError, ConfigError, DataError, StageError
 from model import ModelError
 from pipeline import trainstate as ts
 from pipeline import trainutil as tu
 from pipeline.config import load_config
-from pipeline.errors import CheckpointError, ConfigError, DataError, StageError
 from pipeline.train import build_model, fit
 
 REPO = Path(__file__).resolve().parents[1]
@@ -405,7 +405,7 @@ def test_resume_loads_nothing_through_pickle(tmp_path, data_dir, monkeypatch):
 
 
 def test_hflip_flips_each_image_with_its_masks_and_swaps_left_and_right_in_its_sentences():
-    from pipeline.data.tokenize import TextTokenizer
+    from runtimes.tokenizer import TextTokenizer
 
     tok = TextTokenizer.from_dir(None, 12)
     left, right = tu.swap_token_ids(tok, ("left", "right"))
@@ -436,7 +436,7 @@ def test_hflip_flips_each_image_with_its_masks_and_swaps_left_and_right_in_its_s
 
 
 def test_vflip_flips_rows_and_swaps_top_bottom_above_below():
-    from pipeline.data.tokenize import TextTokenizer
+    from runtimes.tokenizer import TextTokenizer
 
     tok = TextTokenizer.from_dir(None, 12)
     swaps = [tu.swap_token_ids(tok, pair) for pair in tu.VFLIP_WORDS]

@@ -19,8 +19,8 @@ import numpy as np
 import pytest
 from onnx import TensorProto, helper, numpy_helper, save
 
+from foundation.errors import ArtifactError, ConfigError, RuntimeUnavailable
 from pipeline.config import load_config
-from pipeline.errors import ArtifactError, ConfigError, RuntimeUnavailable
 from runtimes import tensorrt_build, tensorrt_rt
 from runtimes.tensorrt_build import (
     PRECISIONS,
@@ -193,7 +193,7 @@ def fake_tensorrt(monkeypatch):
 
 
 def test_write_sidecar_for_a_trtexec_engine_is_accepted_by_the_runtime(tmp_path, fake_tensorrt):
-    from pipeline.io import sha256_file
+    from foundation.io import sha256_file
 
     onnx_path = _tiny_qdq(tmp_path / "m.onnx", "fp32")
     settings = BuildSettings("int8", 512, strongly_typed=False, timing_cache="timing.cache")
@@ -310,7 +310,7 @@ def test_trtexec_command_matches_settings():
     )
     assert cmd[:3] == ["trtexec", "--onnx=m.onnx", "--saveEngine=m.engine"]
     assert "--fp16" in cmd and "--memPoolSize=workspace:1024" in cmd and "--timingCacheFile=t.cache" in cmd
-    from pipeline.errors import ConfigError
+    from foundation.errors import ConfigError
 
     with pytest.raises(ConfigError, match="DLA runs FP16 or INT8 only"):
         BuildSettings("fp32", dla_core=0)

@@ -15,7 +15,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper, save
 
-from pipeline.errors import ArtifactError, ConfigError, RuntimeUnavailable
+from foundation.errors import ArtifactError, ConfigError, RuntimeUnavailable
 from runtimes import tensorrt_build, tensorrt_rt
 from runtimes.tensorrt_build import BuildSettings, build_engine, default_strongly_typed, tensorrt_status
 

@@ -6,23 +6,25 @@ Usage::
     loader = torch.utils.data.DataLoader(RISDataset(refer, "train", tokenizer, 224), batch_size=8, shuffle=True)
     for inputs, gt, sample in iter_eval(refer, "val", tokenizer, 224): ...
 
-:class:`RISDataset` returns numpy arrays; torch's default collate stacks them into tensors, so the module (and the
-robot-side runtime that shares it) never needs torch.
+:class:`RISDataset` returns numpy arrays; torch's default collate stacks them into tensors, so the module never
+needs torch.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from benchmarks.sampling import select
+from foundation.errors import DataError
 from pipeline.config import Config, DataConfig
 from pipeline.data.refer import ReferDataset, Sample, load_refer
-from pipeline.data.tokenize import TextTokenizer
-from pipeline.data.transforms import preprocess_image, resize_mask
-from pipeline.errors import DataError
+from pipeline.data.transforms import resize_mask
+from runtimes.image import preprocess_image
+from runtimes.tokenizer import TextTokenizer
 
 
 def open_dataset(cfg: Config | DataConfig, data_dir: str | Path) -> ReferDataset:
@@ -38,14 +40,6 @@ def open_dataset(cfg: Config | DataConfig, data_dir: str | Path) -> ReferDataset
     if data.root is None:
         raise DataError(f"data.dataset is {data.dataset!r} but data.root is not set; point it at the REFER data root")
     return load_refer(data.root, data.dataset, data.split_by, data.images)
-
-
-def select(samples: Sequence[Sample], limit: int | None) -> list[Sample]:
-    """At most ``limit`` samples spread evenly over the list (deterministic); all of them when ``limit`` is None."""
-    if limit is None or limit >= len(samples):
-        return list(samples)
-    picks = np.unique(np.linspace(0, len(samples) - 1, max(limit, 0)).round().astype(int))
-    return [samples[i] for i in picks]
 
 
 class RISDataset:

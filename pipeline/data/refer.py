@@ -22,9 +22,9 @@ from typing import Any
 import numpy as np
 from pycocotools import mask as mask_utils
 
-from pipeline.data.tokenize import clean_expression
-from pipeline.data.transforms import read_image
-from pipeline.errors import DataError, closest
+from foundation.errors import DataError, closest
+from runtimes.image import read_image
+from runtimes.tokenizer import clean_expression
 
 DATASETS = ("refcoco", "refcoco+", "refcocog", "refclef", "synref")
 SPLIT_BYS = {
@@ -130,7 +130,7 @@ def _index(rows: list[dict[str, Any]], what: str, path: Path) -> dict[int, dict[
 
 
 def decode_image(data: bytes | Path, image_id: int | str = "?") -> np.ndarray:
-    """Decode an image file to uint8 RGB ``[H, W, 3]`` with :func:`pipeline.data.transforms.read_image`.
+    """Decode an image file to uint8 RGB ``[H, W, 3]`` with :func:`runtimes.image.read_image`.
 
     Raises:
         DataError: the file is missing, cannot be decoded or is over the pixel limit (names the image id and file).

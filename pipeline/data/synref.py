@@ -34,9 +34,9 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 from tqdm import tqdm
 
+from foundation.errors import DataError
+from foundation.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 from pipeline.config import SYNREF_SHAPES, DataConfig, SynRefConfig
-from pipeline.errors import DataError
-from pipeline.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 
 log = logging.getLogger(__name__)
 

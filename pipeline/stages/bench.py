@@ -24,7 +24,8 @@ from typing import Any
 import numpy as np
 
 from pipeline.stage import CODE_MEASURING, StageContext, stage
-from pipeline.stages.validate import UPSTREAM, threads_of
+from pipeline.stages.quantize import threads_of
+from pipeline.stages.validate import UPSTREAM
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +118,7 @@ def bench_worker(
     sections=("data", "model", "bench", "device"),
     version="1",
     toolchain=("torch", "timm", "transformers", "tokenizers", "onnxruntime", "openvino", "tensorrt"),
-    code=(*CODE_MEASURING, "pipeline.stages.quantize"),
+    code=(*CODE_MEASURING, "pipeline.stages.quantize", "pipeline.stages.validate"),
     per_device=True,
 )
 def run_bench(ctx: StageContext) -> dict[str, Any]:
@@ -135,9 +136,9 @@ def run_bench(ctx: StageContext) -> dict[str, Any]:
         time_isolated,
         usable_cores,
     )
+    from foundation.errors import PipelineError, RuntimeUnavailable
+    from foundation.io import atomic_write_json
     from pipeline.data.dataset import open_dataset
-    from pipeline.errors import PipelineError, RuntimeUnavailable
-    from pipeline.io import atomic_write_json
     from runtimes.processing import Processing
 
     cfg, b = ctx.cfg, ctx.cfg.bench

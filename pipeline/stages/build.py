@@ -57,7 +57,7 @@ def run_build(ctx: StageContext) -> dict[str, Any]:
     """Check, script and (where possible) build the TensorRT engine of the device profile's precision."""
     import shutil
 
-    from pipeline.io import atomic_path
+    from foundation.io import atomic_path
     from quantize.trt_compat import check_trt_compat
     from runtimes.export import read_onnx_metadata
     from runtimes.tensorrt_build import (
@@ -78,7 +78,7 @@ def run_build(ctx: StageContext) -> dict[str, Any]:
     stage_name, file_name = SOURCES[precision]
     src = ctx.upstream(stage_name) / file_name
     if not src.is_file():
-        from pipeline.errors import ArtifactError
+        from foundation.errors import ArtifactError
 
         raise ArtifactError(f"{src} is missing: enable {'quant.qdq' if precision == 'int8' else 'export.fp16'}")
     onnx_path = ctx.out / file_name

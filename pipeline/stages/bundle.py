@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.errors import StageError
+from foundation.errors import StageError
 from pipeline.stage import CODE_EVALUATION, StageContext, stage
 
 log = logging.getLogger(__name__)

@@ -26,10 +26,9 @@ log = logging.getLogger(__name__)
 )
 def run_calibrate(ctx: StageContext) -> dict[str, Any]:
     """Pick, check and save the calibration samples as model inputs."""
+    from foundation.io import atomic_write_json
     from model import resolve_spec
     from pipeline.data.dataset import open_dataset
-    from pipeline.data.tokenize import TextTokenizer
-    from pipeline.io import atomic_write_json
     from pipeline.stages.distill import deployed_model
     from quantize.calibration import (
         MIN_RECOMMENDED,
@@ -40,6 +39,7 @@ def run_calibrate(ctx: StageContext) -> dict[str, Any]:
         select_calibration,
         strata,
     )
+    from runtimes.tokenizer import TextTokenizer
 
     cfg = ctx.cfg
     # 1. the model's input size and token length (no weights needed)

@@ -14,9 +14,9 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pipeline.errors import DataError, PipelineError
-from pipeline.io import atomic_write_json
-from pipeline.stage import CODE_BASE, StageContext, stage
+from foundation.errors import DataError, PipelineError
+from foundation.io import atomic_write_json
+from pipeline.stage import CODE_DATA, StageContext, stage
 
 if TYPE_CHECKING:
     from pipeline.data.refer import ReferDataset
@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
     sections=("data",),
     version="1",
     toolchain=("tokenizers", "transformers"),
-    code=(*CODE_BASE, "pipeline.data"),
+    code=CODE_DATA,
 )
 def run_data(ctx: StageContext) -> dict[str, Any]:
     from pipeline.data.dataset import open_dataset
@@ -75,7 +75,7 @@ def _truncations(ctx: StageContext, refer: ReferDataset) -> dict[str, Any] | Non
 
     The tokenizer is a ``model`` setting, outside this stage's cache key: the training stage counts again.
     """
-    from pipeline.data.tokenize import TextTokenizer
+    from runtimes.tokenizer import TextTokenizer
 
     try:
         tok = TextTokenizer.from_dir(ctx.cfg.model.text_dir, ctx.cfg.model.max_tokens)

@@ -27,7 +27,7 @@ PARITY_SPLIT = "val"
 
 def describe(ctx: StageContext, model: Any, checkpoint: Path, graph: str) -> dict[str, Any]:
     """The self-description shared by every artifact of this run (I/O is added by the exporter)."""
-    from pipeline.io import sha256_file
+    from foundation.io import sha256_file
 
     spec = model.spec
     return {
@@ -51,7 +51,7 @@ def describe(ctx: StageContext, model: Any, checkpoint: Path, graph: str) -> dic
 def parity_feeds(ctx: StageContext, model: Any, n: int) -> list[dict[str, np.ndarray]]:
     """``n`` real evaluation samples as full-graph feeds (int32 tokens), from the data stage's output."""
     from pipeline.data.dataset import iter_eval, open_dataset
-    from pipeline.data.tokenize import TextTokenizer
+    from runtimes.tokenizer import TextTokenizer
 
     refer = open_dataset(ctx.cfg, ctx.upstream("data"))
     split = PARITY_SPLIT if PARITY_SPLIT in refer.splits else ctx.cfg.data.eval_splits[0]

@@ -17,15 +17,20 @@ from typing import Any
 
 import numpy as np
 
+from foundation.errors import DataError
+from foundation.io import atomic_write_json
 from pipeline.config import qdq_float_dtype
-from pipeline.errors import DataError
-from pipeline.io import atomic_write_json
 from pipeline.stage import CODE_MEASURING, StageContext, stage
 
 log = logging.getLogger(__name__)
 
 MASK = "mask_logits"
 TUNING_IDS = "tuning_ids.json"  # the samples the INT8 fallback was tuned on (validate keeps them out of its gate)
+
+
+def threads_of(cfg: Any) -> int | None:
+    """Threads every runtime gets when timed (here and in bench): ``bench.threads``, else the device profile's."""
+    return cfg.bench.threads or cfg.device.threads
 
 
 def median_ms(fns: dict[str, Callable[[], Any]], runs: int) -> dict[str, float]:
@@ -72,13 +77,12 @@ def artifact_figures(ref_miou: float, miou: float, fp32: Path, int8: Path, ms: d
 def run_quantize(ctx: StageContext) -> dict[str, Any]:
     """Quantize the full graph for OpenVINO and for TensorRT; measure drop, size and speed of each."""
     from pipeline.data.dataset import open_dataset
-    from pipeline.data.tokenize import TextTokenizer
-    from pipeline.stages.validate import threads_of
     from quantize.calibration import load_calibration, score, validation_items
     from quantize.qdq import accuracy_fallback, head_nodes, inspect_qdq, resolve_backend
     from quantize.trt_compat import check_trt_compat, known_versions, load_op_list, resolve_version
     from runtimes import get_runtime
     from runtimes.export import read_onnx_metadata
+    from runtimes.tokenizer import TextTokenizer
 
     cfg, q = ctx.cfg, ctx.cfg.quant
     export = ctx.upstream("export")

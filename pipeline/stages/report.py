@@ -2,6 +2,9 @@
 
 Usage: ``python -m pipeline run --config configs/demo.yaml --device x86-cpu --stages report`` (``gate`` runs last in a
 full run; ``--stages gate`` runs everything it needs and exits non-zero when an INT8 artifact is over budget).
+``python -m pipeline report --config configs/demo.yaml --device x86-cpu`` re-renders the report from the finished
+stages (:func:`build_report`, the stage's own code) into ``report-rerendered/`` beside it, e.g. after editing the
+report code.
 
 Why two stages: a gate that raised inside ``validate`` would leave that stage without a manifest, so neither the
 benchmark nor the report would exist, and the user would get an error without the figures that explain it.
@@ -16,6 +19,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from pipeline.config import Config
 from pipeline.stage import CODE_EVALUATION, StageContext, stage
 
 COMMANDS = (
@@ -51,24 +55,24 @@ def fallback_nodes(quant: dict[str, Any]) -> dict[str, list[str]]:
     return out
 
 
-@stage(
-    "report",
-    upstream=("validate", "bench", "quantize"),
-    sections=("device", "quant", "validate", "bench"),
-    version="1",
-    code=(*CODE_EVALUATION, "benchmarks.gallery", "benchmarks.latency", "benchmarks.report"),
-    per_device=True,
-)
-def run_report(ctx: StageContext) -> dict[str, Any]:
-    """Assemble validation, benchmark and quantization results into report.md / .html / .json and the plot."""
-    from benchmarks.gallery import read_gallery
-    from benchmarks.report import assemble, load_json, write_report
+def build_report(cfg: Config, validate_dir: Path, bench_dir: Path, quantize_dir: Path, final: Path) -> dict[str, Any]:
+    """The report of one device: validation, benchmark and quantization results with the mask gallery, assembled.
 
-    cfg = ctx.cfg
-    validation = load_json(ctx.upstream("validate") / "results.json")
-    bench = load_json(ctx.upstream("bench") / "results.json")
-    quant = {"fallback": fallback_nodes(stage_figures(ctx.upstream("quantize")))}
-    final = ctx.run_dir / "devices" / cfg.device.name / "report"
+    The ``report`` stage and ``python -m pipeline report`` (a re-render from finished stages) both call this.
+
+    Args:
+        cfg: the resolved config of the run and device.
+        validate_dir: the ``validate`` stage's folder (``results.json``, ``gallery/``).
+        bench_dir: the ``bench`` stage's folder (``results.json``).
+        quantize_dir: the ``quantize`` stage's folder of the same device (its manifest lists the fallback nodes).
+        final: the report stage's folder, named in the report's commands.
+    """
+    from benchmarks.gallery import read_gallery
+    from benchmarks.report import assemble, load_json
+
+    validation = load_json(validate_dir / "results.json")
+    bench = load_json(bench_dir / "results.json")
+    quant = {"fallback": fallback_nodes(stage_figures(quantize_dir))}
     config = "configs/<your config>.yaml" if cfg.run.name != "demo" else "configs/demo.yaml"
     context = {
         "run": cfg.run.name,
@@ -79,9 +83,25 @@ def run_report(ctx: StageContext) -> dict[str, Any]:
         "commands": [c.format(config=config, device=cfg.device.name, html=final / "report.html") for c in COMMANDS],
     }
     rep = assemble(validation, bench, quant, context)
-    gallery_dir = ctx.upstream("validate") / "gallery"
-    rep["gallery"] = read_gallery(gallery_dir)
-    paths = write_report(rep, ctx.out, gallery_dir)
+    rep["gallery"] = read_gallery(validate_dir / "gallery")
+    return rep
+
+
+@stage(
+    "report",
+    upstream=("validate", "bench", "quantize"),
+    sections=("device", "quant", "validate", "bench"),
+    version="1",
+    code=(*CODE_EVALUATION, "benchmarks.gallery", "benchmarks.latency", "benchmarks.report"),
+    per_device=True,
+)
+def run_report(ctx: StageContext) -> dict[str, Any]:
+    """Assemble validation, benchmark and quantization results into report.md / .html / .json and the plot."""
+    from benchmarks.report import write_report
+
+    final = ctx.run_dir / "devices" / ctx.cfg.device.name / "report"
+    rep = build_report(ctx.cfg, ctx.upstream("validate"), ctx.upstream("bench"), ctx.upstream("quantize"), final)
+    paths = write_report(rep, ctx.out, ctx.upstream("validate") / "gallery")
     return {
         "files": sorted(p.name for p in paths.values()),
         "statuses": {r["name"]: r["status"] for r in rep["rows"]},
@@ -106,7 +126,7 @@ def run_gate(ctx: StageContext) -> dict[str, Any]:
         StageError: one or more gated artifacts failed validation; the message lists each with its drop and CI.
     """
     from benchmarks.report import load_json
-    from pipeline.errors import StageError
+    from foundation.errors import StageError
 
     validation = load_json(ctx.upstream("validate") / "results.json") or {}
     budget = validation.get("budget_miou_points")

@@ -29,11 +29,6 @@ UPSTREAM = ("data", "train", "distill", "export", "quantize") + (
 )
 
 
-def threads_of(cfg: Any) -> int | None:
-    """Threads every runtime gets when timed: ``bench.threads``, else the device profile's."""
-    return cfg.bench.threads or cfg.device.threads
-
-
 def gate_verdict(entry: dict[str, Any], budget: float, gate_on: str) -> bool:
     """Does an artifact's mIoU drop hold the budget (points)? The estimate, or the CI's pessimistic end."""
     from benchmarks.accuracy import miou_drop_points
@@ -66,9 +61,9 @@ def run_validate(ctx: StageContext) -> dict[str, Any]:
     """Score every artifact in lockstep with the FP32 reference and write ``results.json``."""
     from benchmarks.accuracy import eval_samples, evaluate, sample_key, selected_samples, summarize
     from benchmarks.artifacts import REFERENCE, find_artifacts, load_artifact
+    from foundation.errors import ArtifactError, PipelineError, RuntimeUnavailable, StageError
+    from foundation.io import atomic_write_json
     from pipeline.data.dataset import open_dataset
-    from pipeline.errors import ArtifactError, PipelineError, RuntimeUnavailable, StageError
-    from pipeline.io import atomic_write_json
     from pipeline.stages.quantize import TUNING_IDS
     from runtimes.processing import Processing
 
@@ -168,7 +163,7 @@ def run_validate(ctx: StageContext) -> dict[str, Any]:
 def fp32_subsets(loaded: dict[str, Any], arts: list[Any], sample_ids: list[str], limit: int | None) -> dict[str, Any]:
     """name → the sample ids of each FP32 export other than the reference: ``limit`` per split, spread evenly."""
     from benchmarks.artifacts import REFERENCE
-    from pipeline.data.dataset import select
+    from benchmarks.sampling import select
 
     if limit is None:
         return {}

@@ -22,7 +22,7 @@ from typing import Any
 
 from common import Bundle, PipelineError, fail
 
-from pipeline.errors import ArtifactError
+from foundation.errors import ArtifactError
 from runtimes.tensorrt_build import (
     BuildSettings,
     build_engine,

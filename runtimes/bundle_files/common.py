@@ -20,10 +20,10 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE / "lib"))
 
-from pipeline.data.transforms import read_image as _read_image  # noqa: E402
-from pipeline.errors import ArtifactError, PipelineError  # noqa: E402
-from pipeline.io import sha256_file  # noqa: E402
+from foundation.errors import ArtifactError, PipelineError  # noqa: E402
+from foundation.io import sha256_file  # noqa: E402
 from runtimes.base import get_runtime  # noqa: E402
+from runtimes.image import read_image as _read_image  # noqa: E402
 from runtimes.processing import Processing  # noqa: E402
 from runtimes.visualize import save_mask_and_overlay  # noqa: E402
 

@@ -1,4 +1,4 @@
-"""Fixed-length tokenization with the text encoder's own HF tokenizer (no torch: the robot-side runtime uses it).
+"""Fixed-length tokenization with the text encoder's own HF tokenizer (no torch: the robot runs it, training too).
 
 Usage: ``tok = TextTokenizer.from_dir(path, max_length=20); batch = tok(["the red star"])  # input_ids, attention_mask``
 
@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.errors import DataError
+from foundation.errors import DataError
 
 DEFAULT_MAX_LENGTH = 20
 

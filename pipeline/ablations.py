@@ -1,6 +1,6 @@
 """Mechanism checks: the model and its three ablations (no cyclic shifts, no balancing, no CASG attention), same budget.
 
-Usage: ``python -m benchmarks.ablations --config configs/demo.yaml --seeds 0 1`` (``make ablations``); extra
+Usage: ``python -m pipeline.ablations --config configs/demo.yaml --seeds 0 1`` (``make ablations``); extra
 ``--set key=value`` overrides apply to every run (e.g. ``--set train.steps=600`` for a shorter budget).
 
 Each (ablation, seed) is a run folder ``<run.root>/ablation-<name>-s<seed>`` driven by the cached stage runner, so an
@@ -25,9 +25,9 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.errors import PipelineError
+from foundation.errors import PipelineError
 
-log = logging.getLogger("benchmarks.ablations")
+log = logging.getLogger("pipeline.ablations")
 
 ABLATIONS: dict[str, tuple[str, ...]] = {
     "full": (),
@@ -51,7 +51,7 @@ def run_config(base: str | None, overrides: list[str], name: str, seed: int, roo
     from pipeline.config import load_config
 
     if name not in ABLATIONS:
-        from pipeline.errors import choice_error
+        from foundation.errors import choice_error
 
         raise choice_error("ablation", name, ABLATIONS)
     extra = [*ABLATIONS[name], f"train.seed={seed}", f"run.name=ablation-{name}-s{seed}"]
@@ -74,8 +74,8 @@ def train_run(cfg: Any, shared_data: Path | None) -> tuple[Path, str]:
 
 def score_run(train_dir: Path, train_key: str, cfg: Any, limit: int | None, threads: int) -> dict[str, Any]:
     """Per-sample I/U of the best checkpoint on :data:`SPLITS` (cached in the run folder by the train key)."""
+    from foundation.io import atomic_write_json
     from pipeline.data.dataset import open_dataset
-    from pipeline.io import atomic_write_json
 
     cache = train_dir.parent / EVAL_FILE
     want = {"version": EVAL_VERSION, "train_key": train_key, "limit": limit, "splits": list(SPLITS)}
@@ -160,7 +160,7 @@ def _pts(x: float) -> str:
 
 def write_markdown(summary: dict[str, Any], meta: dict[str, Any], path: Path) -> None:
     """``ablations.md``: one table per metric, then the differences to the full model."""
-    from pipeline.io import atomic_write_text
+    from foundation.io import atomic_write_text
 
     names = list(summary)
     splits = list(summary["full"]["splits"])
@@ -234,8 +234,8 @@ def write_plot(summary: dict[str, Any], path: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m benchmarks.ablations``: see the module docstring."""
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.ablations", description=__doc__.split("\n")[0])
+    """``python -m pipeline.ablations``: see the module docstring."""
+    parser = argparse.ArgumentParser(prog="python -m pipeline.ablations", description=__doc__.split("\n")[0])
     parser.add_argument("--config", "-c", default="configs/demo.yaml")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
@@ -246,10 +246,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=None, help="default: <run.root>/ablations")
     args = parser.parse_args(argv)
     from benchmarks.latency import describe_machine, machine_info
-    from pipeline.cli import _setup_logging
-    from pipeline.io import atomic_write_json
+    from foundation.io import atomic_write_json
+    from pipeline.logs import setup_logging
 
-    _setup_logging("INFO")
+    setup_logging("INFO")
     if "full" not in args.variants:
         args.variants.insert(0, "full")
     if len(args.seeds) < 1 or len(set(args.seeds)) != len(args.seeds):
@@ -278,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
             "budget": budget,
             "threads": args.threads,
             "machine": describe_machine(machine_info(args.threads)),
-            "command": "python -m benchmarks.ablations " + " ".join(argv if argv is not None else sys.argv[1:]),
+            "command": "python -m pipeline.ablations " + " ".join(argv if argv is not None else sys.argv[1:]),
         }
         atomic_write_json(out / "ablations.json", {"meta": meta, "variants": summary})
         write_markdown(summary, meta, out / "ablations.md")

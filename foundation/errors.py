@@ -1,7 +1,7 @@
 """The project's error hierarchy. Every message names the bad value and what was expected.
 
 Usage: ``raise DataError(f"refs file {path} not found; expected the REFER layout ...")``.
-This module imports nothing heavy, so runtimes and the deploy bundle may use it without torch.
+This module imports only the standard library, so runtimes and the deploy bundle may use it without torch.
 """
 
 from __future__ import annotations
