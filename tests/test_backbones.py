@@ -8,8 +8,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from foundation.errors import ConfigError
 from pipeline import backbones as bb
-from pipeline.errors import ConfigError
 
 
 def test_each_backbone_run_names_its_weights_seed_and_folder():
@@ -27,7 +27,7 @@ def _metrics(miou: float) -> dict:
     return {"mIoU": miou, "oIoU": miou - 0.05, "n": 10}
 
 
-def _fake_run(root, miou: float, drop: float) -> object:
+def _fake_run(root, miou: float, drop: float, slowdown: float = 1.0) -> object:
     device = root / "devices" / "x86-cpu"
     (device / "validate").mkdir(parents=True)
     (device / "bench").mkdir(parents=True)
@@ -38,7 +38,7 @@ def _fake_run(root, miou: float, drop: float) -> object:
     validation = {"n_samples": 30, "artifacts": {"pytorch-fp32": ref, "openvino-int8": int8,
                   "onnxruntime-int8": {"status": "unavailable: not produced"}}}  # fmt: skip
     (device / "validate" / "results.json").write_text(json.dumps(validation))
-    latency = {"pytorch-fp32": 30.0, "openvino-int8": 6.0}
+    latency = {"pytorch-fp32": 30.0 * slowdown, "openvino-int8": 6.0 * slowdown}
     bench = {"artifacts": {name: {"latency": {"p50_ms": p50}} for name, p50 in latency.items()}}
     (device / "bench" / "results.json").write_text(json.dumps(bench))
     (root / "train").mkdir()
@@ -51,7 +51,7 @@ def test_collect_and_the_study_table(tmp_path):
     runs = {}
     for name, seeds in (("efficientnet-lite0", (0.6, 0.64)), ("swin-scratch", (0.4,))):
         for k, miou in enumerate(seeds):
-            device = _fake_run(tmp_path / f"{name}-{k}", miou, drop=0.004)
+            device = _fake_run(tmp_path / f"{name}-{k}", miou, drop=0.004, slowdown=1.0 + 9 * k)  # seed 1: loaded
             figures = bb.collect(device) | {"params": bb.params_of(device), "seed": k}
             runs.setdefault(name, []).append(figures)
     first = runs["efficientnet-lite0"][0]
@@ -67,4 +67,4 @@ def test_collect_and_the_study_table(tmp_path):
     assert "| swin-scratch | 40.0 | 30.0 |" in md  # one seed: its value alone
     assert "runs: efficientnet-lite0 2, swin-scratch 1" in md
     assert "| efficientnet-lite0 | 0 | +0.40 [+0.20, +0.60] | 0.970 | unavailable: not produced | – |" in md
-    assert "| efficientnet-lite0 | 30.0 | – | – | 6.0 | – |" in md
+    assert "| efficientnet-lite0 | 30.0 | – | – | 6.0 | – |" in md  # the undisturbed run, not the mean (165.0)
