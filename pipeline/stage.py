@@ -59,11 +59,13 @@ CODE_TRAINING = (
     *CODE_DATA,
     "benchmarks.metrics",
     "model",
-    "pipeline.distill",
     "pipeline.stages.distill",
-    "pipeline.train",
-    "pipeline.trainstate",
-    "pipeline.trainutil",
+    "pipeline.training.data",
+    "pipeline.training.distributed",
+    "pipeline.training.loop",
+    "pipeline.training.objectives",
+    "pipeline.training.optim",
+    "pipeline.training.state",
     "runtimes.masks",
 )
 CODE_EVALUATION = (*CODE_BASE, "benchmarks.metrics", "benchmarks.sampling", "model", "pipeline.data", "runtimes")

@@ -9,9 +9,10 @@ import torch
 from safetensors.torch import load_file
 
 from foundation.errors import CheckpointError
-from pipeline import trainutil as tu
 from pipeline.config import load_config
-from pipeline.distill import DistillObjective, distill, logit_distill_loss, student_config
+from pipeline.stages.distill import distill, student_config
+from pipeline.training.objectives import DistillObjective, logit_distill_loss
+from pipeline.training.optim import param_groups
 from tests.test_train import TINY_DATA, _restore_torch_globals, data_dir, write_config  # noqa: F401 (fixtures)
 
 
@@ -39,7 +40,7 @@ def test_teacher_stays_frozen_while_the_distillation_loss_falls():
     before = {k: v.clone() for k, v in teacher.state_dict().items()}
     objective = DistillObjective(tiny(), teacher, cfg.distill, cfg.train)
     assert len(objective.adapters) == 4
-    groups = tu.param_groups(objective, lr=3e-3, encoder_lr=3e-3, weight_decay=0.01, pretrained=set())
+    groups = param_groups(objective, lr=3e-3, encoder_lr=3e-3, weight_decay=0.01, pretrained=set())
     opt = torch.optim.AdamW(groups)
     g = torch.Generator().manual_seed(0)
     batch = {

@@ -239,9 +239,9 @@ def test_every_stage_declares_the_project_code_it_runs(name):
 
 def test_the_code_check_finds_a_dropped_dependency():
     train = get_stage("train")
-    assert "pipeline.trainutil" in train.code
-    dropped = dataclasses.replace(train, code=tuple(c for c in train.code if c != "pipeline.trainutil"))
-    assert set(_undeclared(dropped)) == {"pipeline.trainutil"}
+    assert "pipeline.training.optim" in train.code
+    dropped = dataclasses.replace(train, code=tuple(c for c in train.code if c != "pipeline.training.optim"))
+    assert set(_undeclared(dropped)) == {"pipeline.training.optim"}
     validate = get_stage("validate")
     no_model = dataclasses.replace(validate, code=tuple(c for c in validate.code if c != "model"))
     assert "model" in _undeclared(no_model)  # reached through runtimes.torch_rt, the PyTorch reference
@@ -317,9 +317,9 @@ def test_unknown_code_dependency_is_refused_at_registration(toy_stages):
     def body(ctx: StageContext) -> dict:
         return {}
 
-    with pytest.raises(StageError, match=r"stage 'x': unknown code dependency 'pipeline.trainutils' \(did you mean"):
-        stage("x", code=("pipeline.trainutils",))(body)
-    with pytest.raises(StageError, match=r"unknown code dependency 'numpy'.*valid: .*pipeline\.trainutil"):
+    with pytest.raises(StageError, match=r"stage 'x': unknown code dependency 'pipeline.trainings' \(did you mean"):
+        stage("x", code=("pipeline.trainings",))(body)
+    with pytest.raises(StageError, match=r"unknown code dependency 'numpy'.*valid: .*pipeline\.training\.loop"):
         stage("x", code=("numpy",))(body)
     with pytest.raises(StageError, match=r"code must be a tuple of module names, not the string 'model'"):
         stage("x", code="model")(body)

@@ -21,10 +21,12 @@ from safetensors.torch import load_file
 
 from foundation.errors import CheckpointError, ConfigError, DataError, StageError
 from model import ModelError
-from pipeline import trainstate as ts
-from pipeline import trainutil as tu
 from pipeline.config import load_config
-from pipeline.train import build_model, fit
+from pipeline.stages.train import train
+from pipeline.training import data as td
+from pipeline.training import loop, objectives, optim
+from pipeline.training import state as ts
+from pipeline.training.loop import build_model
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_DATA = {
@@ -94,11 +96,11 @@ def subprocess_env() -> dict[str, str]:
 
 
 def test_lr_warms_up_linearly_then_decays_poly_to_zero():
-    f = [tu.lr_factor(s, total=10, warmup=2, power=1.0) for s in range(10)]
+    f = [optim.lr_factor(s, total=10, warmup=2, power=1.0) for s in range(10)]
     assert f[:2] == [0.5, 1.0]
     assert f[2] == 1.0 and all(a > b for a, b in zip(f[2:], f[3:], strict=False))
     assert f[-1] == pytest.approx(1 / 8)
-    assert tu.lr_factor(0, total=5, warmup=0, power=0.9) == 1.0
+    assert optim.lr_factor(0, total=5, warmup=0, power=0.9) == 1.0
 
 
 def test_config_picks_the_vision_backbone():
@@ -112,7 +114,7 @@ def test_config_picks_the_vision_backbone():
 def test_param_groups_no_decay_on_norms_biases_position_tables_and_encoder_lr():
     model, _ = build_model(load_config(None, ["model.variant=tiny"]).model)
     text_ids = {id(p) for p in model.text.parameters()}
-    groups = tu.param_groups(model, lr=1e-3, encoder_lr=1e-4, weight_decay=0.01, pretrained=text_ids)
+    groups = optim.param_groups(model, lr=1e-3, encoder_lr=1e-4, weight_decay=0.01, pretrained=text_ids)
     names = {id(p): n for n, p in model.named_parameters()}
     by_name = {g["name"]: g for g in groups}
     assert set(by_name) == {"encoder/decay", "encoder/no_decay", "new/decay", "new/no_decay"}
@@ -128,18 +130,18 @@ def test_param_groups_no_decay_on_norms_biases_position_tables_and_encoder_lr():
 
 def test_autocast_on_cpu_is_opt_in_bf16_and_refuses_fp16():
     cpu = torch.device("cpu")
-    assert tu.autocast_dtype("auto", cpu) is None and tu.autocast_dtype("off", cpu) is None
-    assert tu.autocast_dtype("bf16", cpu) == torch.bfloat16
+    assert optim.autocast_dtype("auto", cpu) is None and optim.autocast_dtype("off", cpu) is None
+    assert optim.autocast_dtype("bf16", cpu) == torch.bfloat16
     with pytest.raises(ConfigError, match=r"train.amp 'fp16' needs a CUDA device \(this run is on cpu\).*'bf16'"):
-        tu.autocast_dtype("fp16", cpu)
+        optim.autocast_dtype("fp16", cpu)
 
 
 def test_epoch_sampler_order_is_a_function_of_seed_and_epoch_and_shards_the_global_batch():
-    one = tu.EpochSampler(23, global_batch=6, seed=3)
+    one = td.EpochSampler(23, global_batch=6, seed=3)
     assert one.batches_per_epoch == 3 and len(one) == 18
-    assert np.array_equal(one.order(1), tu.EpochSampler(23, 6, seed=3).order(1))
+    assert np.array_equal(one.order(1), td.EpochSampler(23, 6, seed=3).order(1))
     assert not np.array_equal(one.order(0), one.order(1))
-    ranks = [tu.EpochSampler(23, 6, seed=3, rank=r, world=2) for r in range(2)]
+    ranks = [td.EpochSampler(23, 6, seed=3, rank=r, world=2) for r in range(2)]
     for step in (0, 4):  # step 4 = epoch 1, batch 1
         for s in [one, *ranks]:
             s.start_at(step)
@@ -148,16 +150,16 @@ def test_epoch_sampler_order_is_a_function_of_seed_and_epoch_and_shards_the_glob
     one.start_at(2)
     assert list(one) == one.global_batch_indices(2)  # resumed mid-epoch: only the batches not consumed yet
     with pytest.raises(ConfigError, match="divisible"):
-        tu.EpochSampler(23, 5, seed=0, world=2)
+        td.EpochSampler(23, 5, seed=0, world=2)
     with pytest.raises(DataError, match="fewer than"):
-        tu.EpochSampler(3, 4, seed=0)
+        td.EpochSampler(3, 4, seed=0)
 
 
 def test_grouped_sampler_gives_runs_of_one_image_covering_every_sample_and_shards_whole_runs():
     image_of = [0, 0, 0, 1, 2, 2, 2, 2, 2, 3, 3]
-    groups = tu.image_groups(image_of)
+    groups = td.image_groups(image_of)
     assert groups == [[0, 1, 2], [3], [4, 5, 6, 7, 8], [9, 10]]
-    one = tu.EpochSampler(len(image_of), 4, seed=1, groups=groups, per_group=2)
+    one = td.EpochSampler(len(image_of), 4, seed=1, groups=groups, per_group=2)
     assert one.size == 2 * (2 + 1 + 3 + 1)  # each image padded up to whole runs of 2
     for epoch in (0, 1):
         order = one.order(epoch).tolist()
@@ -165,12 +167,12 @@ def test_grouped_sampler_gives_runs_of_one_image_covering_every_sample_and_shard
         runs = [order[i : i + 2] for i in range(0, len(order), 2)]
         assert all(image_of[a] == image_of[b] for a, b in runs)
     assert not np.array_equal(one.order(0), one.order(1))
-    ranks = [tu.EpochSampler(len(image_of), 4, 1, r, 2, groups, 2) for r in range(2)]
+    ranks = [td.EpochSampler(len(image_of), 4, 1, r, 2, groups, 2) for r in range(2)]
     for s in [one, *ranks]:
         s.start_at(1)
     assert list(ranks[0])[:2] + list(ranks[1])[:2] == one.global_batch_indices(1)
     with pytest.raises(ConfigError, match="expressions_per_image=3"):
-        tu.EpochSampler(len(image_of), 4, seed=0, groups=groups, per_group=3)
+        td.EpochSampler(len(image_of), 4, seed=0, groups=groups, per_group=3)
 
 
 def test_shared_image_forward_equals_the_plain_forward(one_torch_thread):
@@ -186,7 +188,7 @@ def test_shared_image_forward_equals_the_plain_forward(one_torch_thread):
         "image_key": torch.tensor([7, 3, 7, 7]),
     }
     with torch.no_grad():
-        shared, distinct, firsts = tu.forward_shared_images(model, batch)
+        shared, distinct, firsts = objectives.forward_shared_images(model, batch)
         plain = model(batch["image"], batch["input_ids"], batch["attention_mask"])
         feats = model.encode_image(images[[0, 1]])
     torch.testing.assert_close(shared, plain, rtol=0, atol=1e-5)
@@ -200,10 +202,10 @@ def test_seg_loss_is_a_per_sample_mean_and_rewards_the_right_mask():
     mask = (torch.rand(4, 1, 32, 32) > 0.5).float()
     good = (mask * 2 - 1) * 8  # logits at 1/1 scale, sure and right
     logits = torch.randn(4, 1, 8, 8)
-    loss, parts = tu.seg_loss(logits, mask, 1.0, 1.0)
-    halves = [tu.seg_loss(logits[i : i + 2], mask[i : i + 2], 1.0, 1.0)[0] for i in (0, 2)]
+    loss, parts = objectives.seg_loss(logits, mask, 1.0, 1.0)
+    halves = [objectives.seg_loss(logits[i : i + 2], mask[i : i + 2], 1.0, 1.0)[0] for i in (0, 2)]
     assert loss.item() == pytest.approx((halves[0] + halves[1]).item() / 2, rel=1e-6)  # DDP's average = the mean
-    assert tu.seg_loss(good, mask, 1.0, 1.0)[0] < 0.01 < loss
+    assert objectives.seg_loss(good, mask, 1.0, 1.0)[0] < 0.01 < loss
     assert set(parts) == {"dice", "bce"}
 
 
@@ -223,7 +225,7 @@ def test_rng_state_round_trips_through_weights_only_load(tmp_path):
 
 def test_fit_writes_best_last_curve_and_figures(tmp_path, data_dir):
     _, cfg = write_config(tmp_path)
-    figures = fit(cfg, data_dir, tmp_path / "out")
+    figures = train(cfg, data_dir, tmp_path / "out")
     out = tmp_path / "out"
     assert figures["steps"] == 4 and figures["best_step"] in (2, 4) and 0 <= figures["best_val_miou"] <= 1
     assert figures["s_per_step"] > 0 and figures["resumed_from"] is None
@@ -242,7 +244,7 @@ def test_fit_writes_best_last_curve_and_figures(tmp_path, data_dir):
 def test_bf16_autocast_on_cpu_trains_with_a_frozen_text_encoder(tmp_path, data_dir, caplog):
     _, cfg = write_config(tmp_path, amp="bf16", freeze_text=True)
     with caplog.at_level("INFO", logger="pipeline.train"):
-        figures = fit(cfg, data_dir, tmp_path / "out")
+        figures = train(cfg, data_dir, tmp_path / "out")
     assert "autocast torch.bfloat16" in caplog.text
     rows = [json.loads(r) for r in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
     assert len([r for r in rows if "loss" in r]) == 4 and all(np.isfinite(r["loss"]) for r in rows if "loss" in r)
@@ -250,7 +252,7 @@ def test_bf16_autocast_on_cpu_trains_with_a_frozen_text_encoder(tmp_path, data_d
     saved = weights(tmp_path / "out")
     # autocast computes in bf16; the weights stay float32
     assert all(v.dtype == torch.float32 for v in saved.values() if v.is_floating_point())
-    tu.seed_everything(cfg.train.seed, cfg.train.deterministic)  # the random init fit() started from
+    ts.seed_everything(cfg.train.seed, cfg.train.deterministic)  # the random init fit() started from
     model, _ = build_model(cfg.model)
     text = {k: v for k, v in saved.items() if k.startswith("text.body.")}
     assert text and all(torch.equal(v, model.state_dict()[k]) for k, v in text.items())  # frozen: as built
@@ -258,7 +260,7 @@ def test_bf16_autocast_on_cpu_trains_with_a_frozen_text_encoder(tmp_path, data_d
 
 def test_category_loss_trains_a_head_that_resume_keeps_and_the_model_does_not_carry(tmp_path, data_dir):
     _, cfg = write_config(tmp_path, category_weight=1.0, expressions_per_image=2)
-    fit(cfg, data_dir, tmp_path / "out")
+    train(cfg, data_dir, tmp_path / "out")
     rows = [json.loads(r) for r in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
     losses = [r["loss_category"] for r in rows if "loss_category" in r]
     assert len(losses) == 4 and all(np.isfinite(losses)) and losses[0] > 0
@@ -285,9 +287,9 @@ def test_ddp_step_on_two_processes_equals_one_process_step(tmp_path, data_dir, p
     ]  # fmt: skip
     proc = subprocess.run(cmd, cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    fit(cfg, data_dir, tmp_path / "one")
+    train(cfg, data_dir, tmp_path / "one")
     ddp, one = weights(tmp_path / "ddp"), weights(tmp_path / "one")
-    tu.seed_everything(cfg.train.seed, True)
+    ts.seed_everything(cfg.train.seed, True)
     init = build_model(cfg.model)[0].state_dict()
     params = [k for k in one if "running_" not in k and "num_batches" not in k]
     assert max((ddp[k] - one[k]).abs().max().item() for k in params) <= 1e-6
@@ -301,7 +303,7 @@ def test_sigkill_after_a_checkpoint_then_resume_equals_uninterrupted_run(tmp_pat
     from pipeline.runner import Runner
 
     cfg_path, cfg = write_config(tmp_path, name="k", steps=12, eval_every=4, checkpoint_every=2, warmup_steps=2)
-    fit(cfg, data_dir, tmp_path / "reference")  # dropout and drop-path on: the RNG state must resume too
+    train(cfg, data_dir, tmp_path / "reference")  # dropout and drop-path on: the RNG state must resume too
 
     runner = Runner(cfg)
     runner.run(["data"])
@@ -344,41 +346,41 @@ def test_sigkill_after_a_checkpoint_then_resume_equals_uninterrupted_run(tmp_pat
 
 def test_resume_refuses_a_state_of_another_config_or_variant(tmp_path, data_dir):
     _, cfg = write_config(tmp_path, steps=2)
-    fit(cfg, data_dir, tmp_path / "out")
+    train(cfg, data_dir, tmp_path / "out")
     _, other = write_config(tmp_path, name="o", steps=2, lr=5e-4)
     with pytest.raises(CheckpointError, match=r"train\.lr: checkpoint 0\.001 vs run 0\.0005"):
-        fit(other, data_dir, tmp_path / "out")
+        train(other, data_dir, tmp_path / "out")
     stored = json.loads((tmp_path / "out" / "last" / "state.json").read_text())["identity"]
     wanted = ts.run_identity({s: other.section(s) for s in ("data", "model", "train")}, "demo")
     with pytest.raises(CheckpointError, match="variant 'tiny' with config [0-9a-f]{12}.*variant 'demo' with config"):
         ts.check_identity(tmp_path / "out" / "last", stored, wanted)
     _, same = write_config(tmp_path, name="s", steps=2, num_workers=1, eval_every=5)  # runtime keys may change
-    assert fit(same, data_dir, tmp_path / "out")["resumed_from"] == 2
+    assert train(same, data_dir, tmp_path / "out")["resumed_from"] == 2
 
 
 @pytest.mark.parametrize("victim", ["model.safetensors", "optim.pt", "state.json"])
 def test_truncated_state_gives_a_clear_error(tmp_path, data_dir, victim):
     _, cfg = write_config(tmp_path, steps=2)
-    fit(cfg, data_dir, tmp_path / "out")
+    train(cfg, data_dir, tmp_path / "out")
     path = tmp_path / "out" / "last" / victim
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
     with pytest.raises(CheckpointError, match="truncated"):
-        fit(cfg, data_dir, tmp_path / "out")
+        train(cfg, data_dir, tmp_path / "out")
 
 
 def test_nan_loss_stops_with_step_and_sample_ids(tmp_path, data_dir, monkeypatch):
     calls = []
-    real = tu.seg_loss
+    real = objectives.seg_loss
 
     def poisoned(logits, mask, dice_weight, bce_weight):
         calls.append(1)
         loss, parts = real(logits, mask, dice_weight, bce_weight)
         return (loss * float("nan"), parts) if len(calls) == 3 else (loss, parts)
 
-    monkeypatch.setattr(tu, "seg_loss", poisoned)
+    monkeypatch.setattr(objectives, "seg_loss", poisoned)
     _, cfg = write_config(tmp_path, steps=4)
     with pytest.raises(StageError, match="step 3"):
-        fit(cfg, data_dir, tmp_path / "out")
+        train(cfg, data_dir, tmp_path / "out")
     record = json.loads((tmp_path / "out" / "nan.json").read_text())
     assert record["step"] == 3 and len(record["sample_ids"]) == 4
     assert all(isinstance(i, int) for i in record["sample_ids"])
@@ -386,7 +388,7 @@ def test_nan_loss_stops_with_step_and_sample_ids(tmp_path, data_dir, monkeypatch
 
 def test_resume_loads_nothing_through_pickle(tmp_path, data_dir, monkeypatch):
     _, cfg = write_config(tmp_path, steps=2)
-    fit(cfg, data_dir, tmp_path / "out")
+    train(cfg, data_dir, tmp_path / "out")
     seen = []
     real_load = torch.load
 
@@ -395,7 +397,7 @@ def test_resume_loads_nothing_through_pickle(tmp_path, data_dir, monkeypatch):
         return real_load(*args, **kwargs)
 
     monkeypatch.setattr(torch, "load", spy)
-    assert fit(cfg, data_dir, tmp_path / "out")["resumed_from"] == 2
+    assert train(cfg, data_dir, tmp_path / "out")["resumed_from"] == 2
     assert seen and all(w is True for w in seen)
 
 
@@ -408,7 +410,7 @@ def test_hflip_flips_each_image_with_its_masks_and_swaps_left_and_right_in_its_s
     from runtimes.tokenizer import TextTokenizer
 
     tok = TextTokenizer.from_dir(None, 12)
-    left, right = tu.swap_token_ids(tok, ("left", "right"))
+    left, right = td.swap_token_ids(tok, ("left", "right"))
     texts = ["the star on the left", "the circle right of the square", "the top left ring", "the red cross"]
     tokens = tok(texts)
     image = torch.arange(4 * 3 * 2 * 4, dtype=torch.float32).reshape(4, 3, 2, 4)
@@ -419,31 +421,31 @@ def test_hflip_flips_each_image_with_its_masks_and_swaps_left_and_right_in_its_s
         "input_ids": torch.from_numpy(tokens["input_ids"]),
         "image_key": torch.tensor([7, 7, 9, 9]),  # two images, two sentences each
     }
-    flipped = tu.flip_batch(batch, 1.0, [(left, right)], seed=0)
+    flipped = td.flip_batch(batch, 1.0, [(left, right)], seed=0)
     assert torch.equal(flipped["image"], image.flip(-1)) and torch.equal(flipped["mask"], batch["mask"].flip(-1))
     assert torch.equal(flipped["category"], batch["category"].flip(-1))
     expected = tok(["the star on the right", "the circle left of the square", "the top right ring", "the red cross"])
     assert torch.equal(flipped["input_ids"], torch.from_numpy(expected["input_ids"]))
-    assert torch.equal(tu.flip_batch(batch, 0.0, [(left, right)], seed=0)["image"], image)  # p = 0: untouched
+    assert torch.equal(td.flip_batch(batch, 0.0, [(left, right)], seed=0)["image"], image)  # p = 0: untouched
     # p = 0.5: both sentences of an image flip with it, never one without the other; the seed fixes the choice
     for seed in range(8):
-        out = tu.flip_batch(batch, 0.5, [(left, right)], seed=seed)
+        out = td.flip_batch(batch, 0.5, [(left, right)], seed=seed)
         rows = [not torch.equal(out["image"][i], image[i]) for i in range(4)]
         assert rows[0] == rows[1] and rows[2] == rows[3]
         ids_changed = [not torch.equal(out["input_ids"][i], batch["input_ids"][i]) for i in range(3)]
         assert ids_changed == rows[:3]  # the fourth sentence has no left/right word to swap
-        assert torch.equal(out["image"], tu.flip_batch(batch, 0.5, [(left, right)], seed=seed)["image"])
+        assert torch.equal(out["image"], td.flip_batch(batch, 0.5, [(left, right)], seed=seed)["image"])
 
 
 def test_vflip_flips_rows_and_swaps_top_bottom_above_below():
     from runtimes.tokenizer import TextTokenizer
 
     tok = TextTokenizer.from_dir(None, 12)
-    swaps = [tu.swap_token_ids(tok, pair) for pair in tu.VFLIP_WORDS]
+    swaps = [td.swap_token_ids(tok, pair) for pair in td.VFLIP_WORDS]
     texts = ["the star at the top", "the ring above the red cross", "the second square from the bottom"]
     image = torch.arange(3 * 3 * 4 * 2, dtype=torch.float32).reshape(3, 3, 4, 2)
     batch = {"image": image, "mask": image[:, :1] > 30, "input_ids": torch.from_numpy(tok(texts)["input_ids"])}
-    out = tu.flip_batch(batch, 1.0, swaps, seed=3, axis=-2)
+    out = td.flip_batch(batch, 1.0, swaps, seed=3, axis=-2)
     assert torch.equal(out["image"], image.flip(-2)) and torch.equal(out["mask"], batch["mask"].flip(-2))
     mirrored = ["the star at the bottom", "the ring below the red cross", "the second square from the top"]
     assert torch.equal(out["input_ids"], torch.from_numpy(tok(mirrored)["input_ids"]))
@@ -455,7 +457,7 @@ def test_hflip_refuses_a_tokenizer_that_splits_the_words():
         "attention_mask": np.array([[1, 1, 1, 1], [1, 1, 1, 0]]),
     }
     with pytest.raises(StageError, match=r"flip needs 'left' to be one token of the tokenizer, got 2 tokens"):
-        tu.swap_token_ids(split, ("left", "right"))
+        td.swap_token_ids(split, ("left", "right"))
 
 
 def test_frozen_vision_batchnorm_keeps_its_statistics_through_training_mode():
@@ -464,14 +466,14 @@ def test_frozen_vision_batchnorm_keeps_its_statistics_through_training_mode():
     model = create_model("demo")
     objective = torch.nn.Module()
     objective.model = model
-    tu.train_mode(objective, freeze_vision_bn=True)
+    loop.train_mode(objective, freeze_vision_bn=True)
     bns = [m for m in model.vision.modules() if isinstance(m, torch.nn.BatchNorm2d)]
     assert bns and not any(m.training for m in bns) and model.fusion.training
     before = bns[0].running_mean.clone()
     with torch.no_grad():
         model.vision(torch.randn(2, 3, model.spec.img_size, model.spec.img_size) * 5)
     assert torch.equal(bns[0].running_mean, before)
-    tu.train_mode(objective, freeze_vision_bn=False)
+    loop.train_mode(objective, freeze_vision_bn=False)
     assert all(m.training for m in bns)
 
 
@@ -481,7 +483,7 @@ def test_channels_last_training_gives_the_contiguous_run_to_rounding(tmp_path, d
     for layout in (False, True):
         (tmp_path / str(layout)).mkdir()
         _, cfg = write_config(tmp_path / str(layout), channels_last=layout, category_weight=1.0, hflip=0.5)
-        fit(cfg, data_dir, tmp_path / str(layout) / "out")
+        train(cfg, data_dir, tmp_path / str(layout) / "out")
         rows = [json.loads(r) for r in (tmp_path / str(layout) / "out" / "metrics.jsonl").read_text().splitlines()]
         runs[layout] = ([r["loss"] for r in rows if "loss" in r], weights(tmp_path / str(layout) / "out"))
     (loss_a, w_a), (loss_b, w_b) = runs[False], runs[True]

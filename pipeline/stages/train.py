@@ -1,4 +1,5 @@
-"""The ``train`` stage: train ``model.variant`` on the data stage's output (resumable; see :mod:`pipeline.train`).
+"""The ``train`` stage: train ``model.variant`` on the data stage's output (resumable; see
+:func:`pipeline.training.loop.fit`).
 
 Usage: ``python -m pipeline run --config configs/demo.yaml --stages train`` (or, on several GPUs,
 ``torchrun --nproc_per_node=4 -m pipeline.train --config ...``, which runs this same stage).
@@ -6,9 +7,23 @@ Usage: ``python -m pipeline run --config configs/demo.yaml --stages train`` (or,
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
+from pipeline.config import Config
 from pipeline.stage import CODE_TRAINING, StageContext, stage
+
+
+def train(cfg: Config, data_dir: Path, out: Path) -> dict[str, Any]:
+    """Train ``cfg.model`` against the ground truth (:func:`~pipeline.training.objectives.seg_task`) into ``out``.
+
+    Returns:
+        The training figures (see :func:`pipeline.training.loop.fit`).
+    """
+    from pipeline.training.loop import fit
+    from pipeline.training.objectives import seg_task
+
+    return fit(cfg, data_dir, out, seg_task(cfg.train))
 
 
 @stage(
@@ -22,6 +37,4 @@ from pipeline.stage import CODE_TRAINING, StageContext, stage
 )
 def run_train(ctx: StageContext) -> dict[str, Any]:
     """Write ``best.safetensors`` + ``best.json``, ``last/``, ``metrics.jsonl``; return the training figures."""
-    from pipeline.train import fit
-
-    return fit(ctx.cfg, ctx.upstream("data"), ctx.out)
+    return train(ctx.cfg, ctx.upstream("data"), ctx.out)

@@ -1,6 +1,7 @@
-"""Resumable training state (the ``last/`` folder) and RNG capture, with nothing loaded through pickle.
+"""Resumable training state (the ``last/`` folder), seeding and RNG capture, with nothing loaded through pickle.
 
-Usage: ``save_state(out / "last", model, extra, optimizer, scheduler, scaler, meta)``; on resume
+Usage: ``seed_everything(seed, deterministic)`` before the model is built;
+``save_state(out / "last", model, extra, optimizer, scheduler, scaler, meta)``; on resume
 ``meta = load_state(out / "last", model, extra, optimizer, scheduler, scaler, identity)``.
 
 Layout of ``last/``:
@@ -44,6 +45,21 @@ RUNTIME_KEYS = ("num_workers", "threads", "tensorboard", "log_every", "checkpoin
 
 
 # --------------------------------------------------------------------------------------------------------- RNG
+
+
+def seed_everything(seed: int, deterministic: bool) -> None:
+    """Seed python, numpy and torch identically on every process; optionally ask torch for deterministic kernels.
+
+    Every rank gets the same seed: ranks then draw identical random streams (dropout masks), so rank 0's RNG state
+    stands for all of them in a checkpoint.
+    """
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
 
 
 def rng_state() -> dict[str, Any]:
