@@ -20,13 +20,14 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.metrics import MaskAgreement, SegMetrics, compare
+from benchmarks.bootstrap import compare
+from benchmarks.metrics import MaskAgreement, SegMetrics
 from runtimes.base import Runtime
+from runtimes.formats import MASK_OUTPUT as MASK
 from runtimes.processing import Processing
 
 log = logging.getLogger(__name__)
 
-MASK = "mask_logits"
 
 
 @dataclass

@@ -2,7 +2,7 @@
 
 Usage: ``arts = find_artifacts(upstream_dirs, cfg); rt = load_artifact(arts[0], threads=2)``.
 
-One table says which file of which stage is which artifact (names are the export and quantize stages' file names).
+The format table (:data:`runtimes.formats.FORMATS`) says which file of which stage is which artifact.
 A row whose file does not exist, or whose backend cannot run here, is still listed, with ``status`` saying why
 (``unavailable: ...``), so reports always show every artifact the device profile asked for.
 """
@@ -14,10 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from foundation.errors import ArtifactError, RuntimeUnavailable
-
-REFERENCE = "pytorch-fp32"
-SPLIT_GRAPHS = ("image_encoder", "text_encoder", "decoder")
+from foundation.errors import ArtifactError, PipelineError, RuntimeUnavailable
+from runtimes.formats import SPLIT_GRAPHS, Format, reported_formats
 
 
 @dataclass
@@ -74,28 +72,38 @@ def artifact_size(path: Path | None) -> int | None:
     return total + sum(e.stat().st_size for e in extras if e.is_file())
 
 
-def _existing(path: Path) -> Path | None:
-    return path if path.is_file() else None
-
-
-def _split(folder: Path | None, suffix: str) -> dict[str, Path]:
-    if folder is None:
+def _split(folder: Path, fmt: Format, path: Path | None) -> dict[str, Path]:
+    """The split-graph files of a format in its stage folder (all three, or none)."""
+    if fmt.split == "same":  # one file holds every graph (the PyTorch checkpoint)
+        return dict.fromkeys(SPLIT_GRAPHS, folder / fmt.file)
+    if fmt.split != "files":
         return {}
-    found = {g: folder / f"{g}{suffix}" for g in SPLIT_GRAPHS}
+    found = {g: folder / f"{g}{fmt.suffix}" for g in SPLIT_GRAPHS}
     return found if all(p.is_file() for p in found.values()) else {}
 
 
-def _engine_row(build: Path | None, precision: str) -> Artifact:
+def _file_row(fmt: Format, upstream: dict[str, Path]) -> Artifact:
+    # the PyTorch reference is the model export started from: the distilled student when distill ran
+    folder = (upstream.get("distill") or upstream.get("train")) if fmt.stage == "train" else upstream.get(fmt.stage)
+    path = folder / fmt.file if folder is not None else None
+    return Artifact(
+        fmt.name, fmt.label, fmt.runtime, fmt.precision, path if path is not None and path.is_file() else None,
+        gated=fmt.gated, size_reference=fmt.size_reference, device=fmt.device,
+        split=_split(folder, fmt, path) if folder is not None else {},
+    )  # fmt: skip
+
+
+def _engine_row(fmt: Format, build: Path | None, precision: str) -> Artifact:
     from runtimes.tensorrt_rt import TensorRTRuntime, read_sidecar
 
-    engines = sorted(build.glob("*.engine")) if build is not None else []
+    engines = sorted(build.glob(fmt.file)) if build is not None else []
     path = engines[0] if engines else None
     if path is not None:
         with contextlib.suppress(ArtifactError):  # an unreadable sidecar is reported when the engine loads
             precision = str(read_sidecar(path).get("precision", precision))
     row = Artifact(
-        f"tensorrt-{precision}", f"TensorRT {precision.upper()}", "tensorrt", precision, path,
-        gated=precision == "int8", device="GPU",
+        f"{fmt.name}-{precision}", f"{fmt.label} {precision.upper()}", fmt.runtime, precision, path,
+        gated=precision == "int8", device=fmt.device,
     )  # fmt: skip
     reason = TensorRTRuntime.unavailable_reason()
     if reason is not None:
@@ -111,6 +119,8 @@ def find_artifacts(
 ) -> list[Artifact]:
     """Every artifact of a run, reference first, from the finished upstream stages' folders.
 
+    The rows are the reported formats of :data:`runtimes.formats.FORMATS`, in its order.
+
     Args:
         upstream: Stage name → output folder (``StageContext.upstream_dirs``); ``train`` (or ``distill``),
             ``export``, ``quantize`` and ``build`` are read when present.
@@ -122,34 +132,22 @@ def find_artifacts(
     Returns:
         Rows in report order: PyTorch FP32, ONNX Runtime FP32 and INT8, OpenVINO FP32 and INT8, TensorRT.
     """
-    # the PyTorch reference is the model export started from: the distilled student when distill ran
-    train, export = upstream.get("distill") or upstream.get("train"), upstream.get("export")
-    quant, build = upstream.get("quantize"), upstream.get("build")
-    rows = [
-        Artifact(REFERENCE, "PyTorch FP32 (eager)", "torch", "fp32",
-                 _existing(train / "best.safetensors") if train else None, size_reference=REFERENCE,
-                 split=dict.fromkeys(SPLIT_GRAPHS, train / "best.safetensors") if train else {}),
-        Artifact("onnxruntime-fp32", "ONNX Runtime FP32", "onnxruntime", "fp32",
-                 _existing(export / "full.onnx") if export else None, size_reference="onnxruntime-fp32",
-                 split=_split(export, ".onnx")),
-        Artifact("onnxruntime-int8", "ONNX Runtime INT8 (Q/DQ)", "onnxruntime", "int8",
-                 _existing(quant / "full_int8_qdq.onnx") if quant else None, gated=True,
-                 size_reference="onnxruntime-fp32"),
-        Artifact("openvino-fp32", "OpenVINO FP32", "openvino", "fp32",
-                 _existing(export / "full.xml") if export else None, size_reference="openvino-fp32",
-                 split=_split(export, ".xml")),
-        Artifact("openvino-int8", "OpenVINO INT8 (NNCF)", "openvino", "int8",
-                 _existing(quant / "full_int8.xml") if quant else None, gated=True, size_reference="openvino-fp32"),
-    ]  # fmt: skip
-    for row in rows:
-        if row.path is None and row.status is None and row.runtime == "openvino" and not openvino_made:
+    rows = []
+    for fmt in reported_formats():
+        if fmt.precision == "device":  # the engine: its precision is the profile's (or its sidecar's)
+            rows.append(_engine_row(fmt, upstream.get(fmt.stage), device_precision))
+            continue
+        row = _file_row(fmt, upstream)
+        if row.path is None and fmt.optional:
+            continue
+        if row.path is None and row.runtime == "openvino" and not openvino_made:
             row.status = (
                 "unavailable: not made for this device (a TensorRT target; export.openvino=true and "
                 "quant.openvino=true add OpenVINO artifacts)"
             )
-        elif row.path is None and row.status is None:
+        elif row.path is None:
             row.status = f"unavailable: not produced by this run (its stage is disabled or did not write {row.name})"
-    rows.append(_engine_row(build, device_precision))
+        rows.append(row)
     return rows
 
 
@@ -173,3 +171,23 @@ def load_artifact(art: Artifact, threads: int | None = None, graph: str = "full"
     if art.runtime == "torch":
         return rt.load(path, device=art.device, threads=threads, graph=graph)
     return rt.load(path, device=art.device, threads=threads)
+
+
+def load_runnable(arts: list[Artifact], threads: int | None) -> tuple[dict[str, Any], dict[str, str]]:
+    """Load every artifact that can run here; the others get a status (``unavailable: ...`` or ``error: ...``).
+
+    Returns:
+        ``(loaded, statuses)``: name → loaded runtime, and name → why it is not loaded.
+    """
+    statuses: dict[str, str] = {a.name: a.status for a in arts if a.status}
+    loaded: dict[str, Any] = {}
+    for art in arts:
+        if art.name in statuses:
+            continue
+        try:
+            loaded[art.name] = load_artifact(art, threads=threads)
+        except RuntimeUnavailable as exc:
+            statuses[art.name] = f"unavailable: {exc}"
+        except PipelineError as exc:  # ArtifactError included: a missing or corrupt file
+            statuses[art.name] = f"error: {exc}"
+    return loaded, statuses

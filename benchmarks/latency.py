@@ -1,5 +1,4 @@
-"""Latency benchmarks: per-artifact worker processes timed in alternating blocks, percentiles, split-graph cost,
-peak RSS, machine info.
+"""Latency benchmarks: per-artifact worker processes timed in alternating blocks, percentiles, split-graph cost.
 
 Usage::
 
@@ -20,52 +19,25 @@ each, in an order rotated per round), so slow phases of the machine hit every ar
 batch 1; throughput is ``1000 / mean_ms`` frames per second. :func:`time_interleaved` times callables that share one
 process (pre- and post-processing; quick comparisons of one runtime's artifacts).
 
-Peak RSS is measured per artifact in a fresh subprocess (``python -m benchmarks.latency rss ...``): in one process
-that holds every runtime the peak belongs to all of them at once. The subprocess imports only the artifact's runtime,
-so an ONNX Runtime row does not pay for torch.
+Peak RSS per artifact is :mod:`benchmarks.peak_rss`; the machine a figure belongs to is :mod:`benchmarks.machine`.
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
-import json
 import math
 import multiprocessing
 import os
-import platform
-import resource
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from importlib import metadata
+from dataclasses import dataclass, field
 from multiprocessing.connection import wait
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-# CPU features that decide whether INT8 (and BF16) kernels have hardware support.
-X86_FLAGS = (
-    "avx2",
-    "fma",
-    "f16c",
-    "avx512f",
-    "avx512bw",
-    "avx512_vnni",
-    "avx_vnni",
-    "avx512_bf16",
-    "avx512_fp16",
-    "amx_tile",
-    "amx_int8",
-    "amx_bf16",
-)
-ARM_FLAGS = ("asimd", "asimddp", "asimdhp", "fphp", "sve", "sve2", "i8mm", "bf16")
-INT8_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8", "asimddp", "i8mm")
-LIBRARIES = ("numpy", "onnxruntime", "onnxruntime-gpu", "openvino", "torch", "tensorrt", "nncf", "onnx", "tokenizers")
-THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "OV_CPU_THREADS_NUM")
+from benchmarks.machine import usable_cores
 
 # Runtime options of every timed artifact (``load(..., options=...)``), recorded with the results. ONNX Runtime's
 # threads spin while a call runs (its default) and stop as soon as it returns, so an idle session takes no CPU from
@@ -81,136 +53,6 @@ BENCH_OPTIONS: dict[str, dict[str, Any]] = {
 }
 BLOCK = 5  # timed calls per worker turn
 ISOLATION = "process per artifact"
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# Machine information
-# ---------------------------------------------------------------------------------------------------------------------
-
-
-def _read(path: str) -> str:
-    try:
-        return Path(path).read_text(errors="replace")
-    except OSError:
-        return ""
-
-
-def _version(name: str) -> str | None:
-    try:
-        return metadata.version(name)
-    except metadata.PackageNotFoundError:
-        return None
-
-
-def cpu_info(cpuinfo_text: str | None = None) -> dict[str, Any]:
-    """CPU model, core counts and the instruction-set flags that matter for INT8, from ``/proc/cpuinfo``.
-
-    Args:
-        cpuinfo_text: Content of ``/proc/cpuinfo`` (read from the system when None; tests pass their own).
-
-    Returns:
-        ``{"model", "logical_cores", "physical_cores", "usable_cores", "flags", "int8_hardware"}``; ``flags`` lists
-        only the flags of :data:`X86_FLAGS` / :data:`ARM_FLAGS` the CPU has.
-    """
-    text = _read("/proc/cpuinfo") if cpuinfo_text is None else cpuinfo_text
-    model, flags, cores = "", set(), set()
-    phys = core = ""
-    for line in text.splitlines():
-        key, _, value = (part.strip() for part in line.partition(":"))
-        if key in ("model name", "Model", "Hardware") and not model:
-            model = value
-        elif key in ("flags", "Features"):
-            flags.update(value.split())
-        elif key == "physical id":
-            phys = value
-        elif key == "core id":
-            core = value
-            cores.add((phys, core))
-    if not model:
-        model = platform.processor() or platform.machine()
-    known = [f for f in (*X86_FLAGS, *ARM_FLAGS) if f in flags]
-    return {
-        "model": model,
-        "logical_cores": os.cpu_count(),
-        "physical_cores": len(cores) or None,
-        "usable_cores": usable_cores(),
-        "flags": known,
-        "int8_hardware": [f for f in INT8_FLAGS if f in flags],
-    }
-
-
-def usable_cores() -> int:
-    """Cores this process may run on (its affinity mask, e.g. a container's CPU set), the benchmark's thread count."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-
-
-def jetson_info() -> dict[str, Any] | None:
-    """L4T release and power mode on a Jetson (None elsewhere), so a report names the clocks it measured under."""
-    release = _read("/etc/nv_tegra_release").strip()
-    if not release:
-        return None
-    model = _read("/proc/device-tree/model").strip("\x00 \n")
-    power = ""
-    try:
-        power = subprocess.run(["nvpmodel", "-q"], capture_output=True, text=True, timeout=10).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        power = "unknown (nvpmodel not found)"
-    return {"l4t": release.splitlines()[0], "model": model, "power_mode": power}
-
-
-def machine_info(threads: int | None = None, isolation: str | None = None) -> dict[str, Any]:
-    """Everything a reader needs to know which machine a latency figure belongs to.
-
-    Args:
-        threads: The thread count the benchmark asked each runtime for (None: the runtime's default).
-        isolation: How the timed artifacts were kept apart (:data:`ISOLATION`; None: not recorded).
-
-    Returns:
-        JSON-ready dict: cpu (model, cores, flags), memory, OS, Python, library versions, thread settings, Jetson.
-    """
-    mem_kb = 0
-    for line in _read("/proc/meminfo").splitlines():
-        if line.startswith("MemTotal:"):
-            mem_kb = int(line.split()[1])
-    governor = _read("/sys/devices/system/cpu/cpu0/cpufreq/scaling_governor").strip() or None
-    return {
-        "cpu": cpu_info(),
-        "memory_gb": round(mem_kb / 2**20, 1) if mem_kb else None,
-        "os": platform.platform(),
-        "machine": platform.machine(),
-        "python": platform.python_version(),
-        "libraries": {name: v for name in LIBRARIES if (v := _version(name))},
-        "threads": {
-            "requested": threads,
-            "isolation": isolation,
-            **{k: os.environ[k] for k in THREAD_ENV if k in os.environ},
-        },
-        "cpu_governor": governor,
-        "load_average": [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None,
-        "jetson": jetson_info(),
-    }
-
-
-def describe_machine(info: dict[str, Any]) -> str:
-    """One line naming the machine, e.g. ``Intel Xeon (2 cores; avx2 avx512_vnni amx_int8), 24 GB, threads: 2``.
-
-    The thread entry also names the isolation when recorded: ``threads: 2 per runtime, process per artifact``.
-    """
-    cpu = info.get("cpu", {})
-    flags = " ".join(f for f in cpu.get("flags", []) if f in ("avx2", "avx512f", *INT8_FLAGS, "amx_bf16")) or "none"
-    thread_info = info.get("threads", {})
-    threads = thread_info.get("requested") or "default"
-    if thread_info.get("isolation"):
-        threads = f"{threads} per runtime, {thread_info['isolation']}"
-    jetson = info.get("jetson")
-    where = f"{jetson['model']} ({jetson['l4t']}), " if jetson else ""
-    load = info.get("load_average")
-    busy = f", load average {load[0]:.1f} when measured" if load else ""
-    return (
-        f"{where}{cpu.get('model', '?')} ({cpu.get('usable_cores', '?')} usable cores; {flags}), "
-        f"{info.get('memory_gb', '?')} GB RAM, threads: {threads}{busy}"
-    )
-
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Timing
@@ -430,6 +272,65 @@ class _Handle:
             self.proc.join(5)
 
 
+def _reported_name(worker: str, local: str) -> str:
+    """The name a worker's callable is reported under: the worker's own for ``full``, else ``<worker>/<local>``."""
+    return worker if local == "full" else f"{worker}/{local}"
+
+
+@dataclass
+class _Session:
+    """What :func:`time_isolated` collects while its workers run: samples and error messages per reported name, each
+    worker's info, the workers still running and, per worker, its callable names → reported names."""
+
+    times: dict[str, list[float]] = field(default_factory=dict)
+    errors: dict[str, str] = field(default_factory=dict)
+    worker_info: dict[str, Any] = field(default_factory=dict)
+    live: dict[str, _Handle] = field(default_factory=dict)
+    keys: dict[str, dict[str, str]] = field(default_factory=dict)  # worker → its callable names → reported names
+
+    def fail(self, name: str, message: str) -> None:
+        """Record a worker's failure for it and for each of its callables without an error of its own; stop it."""
+        self.errors[name] = message
+        for full in self.keys.get(name, {}).values():
+            self.errors.setdefault(full, message)
+        handle = self.live.pop(name, None)
+        if handle is not None:
+            handle.stop()
+
+    def start(self, ctx: Any, name: str, spec: Worker, threads: int, warmup: int, timeout: float) -> None:
+        """Start one worker and wait until it has loaded and warmed up; a failure is recorded (:meth:`fail`)."""
+        try:
+            self.live[name] = _Handle(ctx, name, spec, threads, warmup)
+            status, payload = self.live[name].ask(None, timeout, "loading and warm-up")
+        except WorkerError as exc:
+            self.fail(name, str(exc))
+            return
+        if status != "ready":
+            self.fail(name, f"worker {name!r} failed while loading: {payload}")
+            return
+        self.keys[name] = {k: _reported_name(name, k) for k in payload["keys"]}
+        self.worker_info[name] = {**payload["info"], "pid": payload["pid"]}
+        for local, full in self.keys[name].items():
+            self.times[full] = []
+            if local in payload["errors"]:
+                self.errors[full] = payload["errors"][local]
+
+    def run_round(self, r: int, n: int, rounds: int, timeout: float) -> None:
+        """Round ``r``: each running worker in turn, order rotated by ``r``, times ``n`` calls of each callable."""
+        order = list(self.live)
+        shift = r % len(order) if order else 0
+        for name in order[shift:] + order[:shift]:
+            try:
+                _, payload = self.live[name].ask(("run", n), timeout, f"round {r + 1} of {rounds}")
+            except WorkerError as exc:
+                self.fail(name, str(exc))
+                continue
+            for local, samples in payload["times"].items():
+                self.times[self.keys[name][local]].extend(samples)
+            for local, message in payload["errors"].items():
+                self.errors[self.keys[name][local]] = message
+
+
 def time_isolated(
     workers: dict[str, Worker],
     warmup: int = 5,
@@ -462,57 +363,15 @@ def time_isolated(
         raise ValueError(f"time_isolated needs runs >= 1, block >= 1, warmup >= 0; got {runs}, {block}, {warmup}")
     threads = int(threads or usable_cores())
     ctx = multiprocessing.get_context("spawn")
-    times: dict[str, list[float]] = {}
-    errors: dict[str, str] = {}
-    worker_info: dict[str, Any] = {}
-    live: dict[str, _Handle] = {}
-    keys: dict[str, dict[str, str]] = {}  # worker → its callable names → reported names
-
-    def report(name: str, local: str) -> str:
-        return name if local == "full" else f"{name}/{local}"
-
-    def fail(name: str, message: str) -> None:
-        errors[name] = message
-        for full in keys.get(name, {}).values():
-            errors.setdefault(full, message)
-        handle = live.pop(name, None)
-        if handle is not None:
-            handle.stop()
-
+    session = _Session()
     rounds = math.ceil(runs / block)
     try:
         for name, spec in workers.items():
-            try:
-                live[name] = _Handle(ctx, name, spec, threads, warmup)
-                status, payload = live[name].ask(None, timeout, "loading and warm-up")
-            except WorkerError as exc:
-                fail(name, str(exc))
-                continue
-            if status != "ready":
-                fail(name, f"worker {name!r} failed while loading: {payload}")
-                continue
-            keys[name] = {k: report(name, k) for k in payload["keys"]}
-            worker_info[name] = {**payload["info"], "pid": payload["pid"]}
-            for local, full in keys[name].items():
-                times[full] = []
-                if local in payload["errors"]:
-                    errors[full] = payload["errors"][local]
+            session.start(ctx, name, spec, threads, warmup, timeout)
         for r in range(rounds):
-            n = min(block, runs - r * block)
-            order = list(live)
-            shift = r % len(order) if order else 0
-            for name in order[shift:] + order[:shift]:
-                try:
-                    _, payload = live[name].ask(("run", n), timeout, f"round {r + 1} of {rounds}")
-                except WorkerError as exc:
-                    fail(name, str(exc))
-                    continue
-                for local, samples in payload["times"].items():
-                    times[keys[name][local]].extend(samples)
-                for local, message in payload["errors"].items():
-                    errors[keys[name][local]] = message
+            session.run_round(r, min(block, runs - r * block), rounds, timeout)
     finally:
-        for handle in live.values():
+        for handle in session.live.values():
             handle.stop()
     info = {
         "isolation": ISOLATION,
@@ -522,9 +381,9 @@ def time_isolated(
         "runs": runs,
         "block": block,
         "rounds": rounds,
-        "workers": worker_info,
+        "workers": session.worker_info,
     }
-    return times, errors, info
+    return session.times, session.errors, info
 
 
 def expression_cost(k_p50_ms: dict[int, float], full_p50_ms: float) -> dict[str, Any]:
@@ -547,85 +406,3 @@ def expression_cost(k_p50_ms: dict[int, float], full_p50_ms: float) -> dict[str,
         "fixed_ms": float(intercept),
         "ratio_to_full": float(slope / full_p50_ms) if full_p50_ms > 0 else None,
     }
-
-
-def rss_mb() -> float:
-    """Peak resident set size of this process so far, in MiB.
-
-    ``VmHWM`` of ``/proc/self/status`` where it exists: Linux keeps ``ru_maxrss`` across ``execve``, so a subprocess
-    started from a big parent would report the parent's peak. Elsewhere ``ru_maxrss`` (KiB on Linux, bytes on macOS).
-    """
-    for line in _read("/proc/self/status").splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024.0
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / 2**20 if sys.platform == "darwin" else peak / 1024.0
-
-
-def peak_rss_subprocess(
-    runtime: str,
-    artifact: str | Path,
-    inputs: str | Path,
-    threads: int | None = None,
-    runs: int = 3,
-    timeout: float = 600,
-) -> dict[str, Any]:
-    """Load one artifact in a fresh Python process, run it ``runs`` times, and report its peak RSS.
-
-    Args:
-        runtime: Registry name of the runtime (``get_runtime(name)``).
-        artifact: Path the runtime loads.
-        inputs: ``.npz`` file with the named inputs of one batch-1 sample.
-        threads: Thread count for the runtime.
-        runs: Inferences after loading.
-        timeout: Seconds before the subprocess is killed.
-
-    Returns:
-        ``{"peak_rss_mb", "before_load_mb", "torch_imported"}``, or ``{"error": message}`` when the subprocess
-        failed.
-    """
-    cmd = [sys.executable, "-m", "benchmarks.latency", "rss", "--runtime", runtime, "--artifact", str(artifact)]
-    cmd += ["--inputs", str(inputs), "--runs", str(runs)]
-    if threads:
-        cmd += ["--threads", str(threads)]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parent.parent), *sys.path])}
-    try:
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
-    except subprocess.TimeoutExpired:
-        return {"error": f"peak-RSS subprocess timed out after {timeout:.0f} s"}
-    lines = [ln for ln in done.stdout.splitlines() if ln.startswith("{")]
-    if done.returncode != 0 or not lines:
-        tail = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no output"]
-        return {"error": f"peak-RSS subprocess exited {done.returncode}: {tail[0]}"}
-    return json.loads(lines[-1])
-
-
-def _rss_main(args: argparse.Namespace) -> int:
-    import runtimes.base  # noqa: F401  the runtime registry, counted before loading: it pulls in no backend yet
-
-    before = rss_mb()
-    rt = load_timed(args.runtime, args.artifact, threads=args.threads)
-    with np.load(args.inputs) as data:
-        feed = {k: data[k] for k in data.files}
-    for _ in range(args.runs):
-        rt.infer(feed)
-    print(json.dumps({"peak_rss_mb": rss_mb(), "before_load_mb": before, "torch_imported": "torch" in sys.modules}))
-    return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of the peak-RSS helper subprocess (``python -m benchmarks.latency rss ...``)."""
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.latency", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-    rss = sub.add_parser("rss", help="load one artifact, run it, print its peak RSS as JSON")
-    rss.add_argument("--runtime", required=True)
-    rss.add_argument("--artifact", required=True)
-    rss.add_argument("--inputs", required=True, help=".npz of named inputs")
-    rss.add_argument("--threads", type=int, default=None)
-    rss.add_argument("--runs", type=int, default=3)
-    args = parser.parse_args(argv)
-    return _rss_main(args)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -57,6 +57,11 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
+def json_digest(obj: Any) -> str:
+    """sha256 (hex) of a JSON tree, key order ignored; values JSON cannot hold are written with ``str``."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+
+
 def fsync_dir(path: str | Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:

@@ -31,14 +31,14 @@ def choice_error(kind: str, value: object, valid: Iterable[str]) -> ModelError:
 
 
 _LAZY = {
-    "ModelSpec": "model.ris",
+    "ModelSpec": "model.spec",
     "RISModel": "model.ris",
-    "create_model": "model.ris",
-    "resolve_spec": "model.ris",
-    "register_variant": "model.ris",
-    "list_variants": "model.ris",
-    "graph_specs": "model.ris",
-    "GraphSpec": "model.ris",
+    "create_model": "model.variants",
+    "resolve_spec": "model.variants",
+    "register_variant": "model.variants",
+    "list_variants": "model.variants",
+    "graph_specs": "model.graphs",
+    "GraphSpec": "model.graphs",
     "load_vision_checkpoint": "model.weights",
     "load_text_weights": "model.weights",
     "load_pretrained": "model.weights",

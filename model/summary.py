@@ -20,7 +20,9 @@ from typing import Any
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from model.ris import RISModel, create_model, graph_specs, list_variants
+from model.graphs import graph_specs
+from model.ris import RISModel
+from model.variants import create_model, list_variants
 
 PARTS = ("vision", "text", "fusion", "decoder")
 

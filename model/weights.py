@@ -25,7 +25,8 @@ from torch import nn
 
 from model import ModelError
 from model.pretrained import sha256_file
-from model.ris import ModelSpec, RISModel
+from model.ris import RISModel
+from model.spec import ModelSpec
 
 log = logging.getLogger(__name__)
 

@@ -132,7 +132,7 @@ def model_facts(train_dir: Path, runs: int, threads: int) -> dict[str, Any]:
 
 def summarize(scores: dict[str, list[dict[str, Any]]], seeds: list[int], n_boot: int = 1000) -> dict[str, Any]:
     """Mean ± std per variant and split, and the pooled paired difference to ``full`` with its bootstrap CI."""
-    from benchmarks.metrics import compare
+    from benchmarks.bootstrap import compare
 
     out: dict[str, Any] = {}
     splits = [s for s in SPLITS if any(s in r["splits_of"] for r in scores["full"])]
@@ -245,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=None, help="default: <run.root>/ablations")
     args = parser.parse_args(argv)
-    from benchmarks.latency import describe_machine, machine_info
+    from benchmarks.machine import describe_machine, machine_info
     from foundation.io import atomic_write_json
     from pipeline.logs import setup_logging
 

@@ -26,6 +26,8 @@ from typing import Any
 import numpy as np
 
 from foundation.errors import PipelineError
+from pipeline.layout import CHECKPOINT, RESULTS, RunLayout
+from pipeline.runner import Runner
 
 log = logging.getLogger("pipeline.backbones")
 
@@ -59,10 +61,8 @@ def run_config(base: str | None, overrides: list[str], name: str, seed: int) -> 
     return load_config(base, [*overrides, *extra], device=DEVICE)
 
 
-def run_one(cfg: Any, adopt_from: list[Path]) -> Path:
-    """Run (or reuse) every stage up to ``bench`` of one run; returns its device folder."""
-    from pipeline.runner import Runner
-
+def run_one(cfg: Any, adopt_from: list[Path]) -> RunLayout:
+    """Run (or reuse) every stage up to ``bench`` of one run; returns its layout."""
     runner = Runner(cfg)
     for source in adopt_from:
         if source.resolve() == runner.run_dir.resolve():
@@ -71,13 +71,13 @@ def run_one(cfg: Any, adopt_from: list[Path]) -> Path:
             if runner.adopt(stage, source):
                 log.info("%s: %s adopted from %s", cfg.run.name, stage, source)
     runner.run(["validate", "bench"])
-    return runner.run_dir / "devices" / DEVICE
+    return runner.layout
 
 
-def collect(device_dir: Path) -> dict[str, Any]:
+def collect(layout: RunLayout) -> dict[str, Any]:
     """The figures of one run from its validate and bench results."""
-    validation = json.loads((device_dir / "validate" / "results.json").read_text())
-    bench = json.loads((device_dir / "bench" / "results.json").read_text())
+    validation = json.loads((layout.stage_dir("validate") / RESULTS).read_text())
+    bench = json.loads((layout.stage_dir("bench") / RESULTS).read_text())
     arts = validation["artifacts"]
     ref = arts[FP32]["metrics"]
     out: dict[str, Any] = {
@@ -105,12 +105,12 @@ def collect(device_dir: Path) -> dict[str, Any]:
     return out
 
 
-def params_of(device_dir: Path) -> int:
+def params_of(layout: RunLayout) -> int:
     """Parameters of the trained model (from the checkpoint's tensors, without building the model)."""
     from safetensors import safe_open
 
     total = 0
-    with safe_open(str(device_dir.parent.parent / "train" / "best.safetensors"), "pt") as f:
+    with safe_open(str(layout.stage_dir("train") / CHECKPOINT), "pt") as f:
         names = f.keys()
         for key in names:
             if not key.endswith(("running_mean", "running_var", "num_batches_tracked")):
@@ -209,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
         "--collect-only", action="store_true", help="tabulate the finished runs only, run nothing (lists missing ones)"
     )
     args = parser.parse_args(argv)
-    from benchmarks.latency import describe_machine
+    from benchmarks.machine import describe_machine
     from foundation.io import atomic_write_json
     from pipeline.logs import setup_logging as _setup_logging
 
@@ -226,16 +226,16 @@ def main(argv: list[str] | None = None) -> int:
                 cfg = run_config(args.config, args.overrides, name, seed)
                 budget = f"{cfg.train.steps} steps × batch {cfg.train.batch_size}"
                 if args.collect_only:
-                    device_dir = Path(cfg.run.root) / cfg.run.name / "devices" / DEVICE
-                    if not (device_dir / "bench" / "results.json").is_file():
-                        log.warning("backbone %s seed %d: no finished run in %s; left out", name, seed, device_dir)
+                    layout = Runner(cfg).layout
+                    if not (layout.stage_dir("bench") / RESULTS).is_file():
+                        log.warning("backbone %s seed %d: no finished run in %s; left out", name, seed,
+                                    layout.stage_dir("bench"))  # fmt: skip
                         continue
                 else:
-                    device_dir = run_one(cfg, shared)
-                run_dir = device_dir.parent.parent
-                if run_dir not in shared:
-                    shared.append(run_dir)  # its data stage serves the next runs
-                figures = collect(device_dir) | {"params": params_of(device_dir), "seed": seed}
+                    layout = run_one(cfg, shared)
+                if layout.run_dir not in shared:
+                    shared.append(layout.run_dir)  # its data stage serves the next runs
+                figures = collect(layout) | {"params": params_of(layout), "seed": seed}
                 results.setdefault(name, []).append(figures)
                 machine = figures["machine"] or machine
                 log.info("backbone %s seed %d: val mIoU %.4f", name, seed, figures["splits"]["val"]["mIoU"])

@@ -16,7 +16,7 @@ from pathlib import Path
 from foundation.errors import PipelineError
 from pipeline.config import Config, load_config
 from pipeline.logs import setup_logging
-from pipeline.preflight import add_arguments as add_preflight_arguments
+from pipeline.preflight.command import add_arguments as add_preflight_arguments
 
 log = logging.getLogger("pipeline")
 
@@ -120,20 +120,21 @@ def cmd_report(args: argparse.Namespace, cfg: Config) -> int:
     """
     from benchmarks.report import write_report
     from foundation.errors import StageError
+    from pipeline.layout import GALLERY, RERENDERED, RESULTS
     from pipeline.runner import Runner
     from pipeline.stages.report import build_report
 
     runner = Runner(cfg)
     validate, bench = runner.stage_dir("validate"), runner.stage_dir("bench")
-    if not (validate / "results.json").is_file() and not (bench / "results.json").is_file():
+    if not (validate / RESULTS).is_file() and not (bench / RESULTS).is_file():
         raise StageError(
             f"neither {validate} nor {bench} has results.json; run them first: python -m pipeline run "
             f"--device {cfg.device.name} --stages validate,bench (with the same --config and --set)"
         )
     final = runner.stage_dir("report")
     rep = build_report(cfg, validate, bench, runner.stage_dir("quantize"), final)
-    out = args.out or final.parent / "report-rerendered"
-    for path in write_report(rep, out, validate / "gallery").values():
+    out = args.out or final.parent / RERENDERED
+    for path in write_report(rep, out, validate / GALLERY).values():
         print(path)
     return 0
 
@@ -166,39 +167,26 @@ def cmd_devices(args: argparse.Namespace) -> int:
     return 0
 
 
-RUNTIME_BY_SUFFIX = {
-    ".onnx": "onnxruntime",
-    ".xml": "openvino",
-    ".engine": "tensorrt",
-    ".plan": "tensorrt",
-    ".safetensors": "torch",
-}
-
-
 def cmd_predict(args: argparse.Namespace) -> int:
     from foundation.errors import ArtifactError, choice_error
     from runtimes import get_runtime
+    from runtimes.formats import RUNTIME_BY_SUFFIX, runtime_for_file
     from runtimes.image import read_image
+    from runtimes.predict import segment_to_files
     from runtimes.processing import Processing
-    from runtimes.visualize import save_mask_and_overlay
 
-    suffix = args.artifact.suffix.lower()
-    name = args.runtime or RUNTIME_BY_SUFFIX.get(suffix)
+    name = args.runtime or runtime_for_file(args.artifact)
     if name is None:
-        raise choice_error("artifact type", suffix or args.artifact.name, RUNTIME_BY_SUFFIX, ArtifactError)
+        raise choice_error(
+            "artifact type", args.artifact.suffix or args.artifact.name, RUNTIME_BY_SUFFIX, ArtifactError
+        )
     if not args.artifact.is_file():
         raise ArtifactError(f"artifact {args.artifact} does not exist")
     rgb = read_image(args.image)  # before the (slower) model load: a bad image fails fast
     rt = get_runtime(name).load(args.artifact, threads=args.threads)
-    proc = Processing.from_metadata(rt.metadata)
-    texts = proc.checked_texts(args.text)  # every sentence is checked before anything is written
-    image_inputs = proc.image(rgb)
-    args.out.mkdir(parents=True, exist_ok=True)
-    for i, (sentence, text_inputs) in enumerate(zip(args.text, texts, strict=True)):
-        mask = proc.postprocess(rt.infer({**image_inputs, **text_inputs})["mask_logits"][0], rgb.shape[:2])
-        stem = args.image.stem if len(args.text) == 1 else f"{args.image.stem}_{i}"
-        save_mask_and_overlay(rgb, mask, args.out / f"{stem}_mask.png", args.out / f"{stem}_overlay.png")
-        print(f"{sentence!r}: {int(mask.sum())} px ({mask.mean():.1%} of the image) -> {args.out / stem}_mask.png")
+    for prediction in segment_to_files(rt, Processing.from_metadata(rt.metadata), rgb, args.text, args.image.stem,
+                                       args.out):  # fmt: skip
+        print(prediction.line())
     return 0
 
 
@@ -213,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "predict":
             return cmd_predict(args)
         if args.command == "preflight":
-            from pipeline.preflight import cmd_preflight
+            from pipeline.preflight.command import cmd_preflight
 
             return cmd_preflight(args)
         cfg = load_config(args.config, args.overrides, device=args.device)

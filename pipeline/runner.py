@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import fcntl
-import hashlib
 import json
 import logging
 import os
@@ -30,14 +29,12 @@ from pathlib import Path
 from typing import Any
 
 from foundation.errors import PipelineError, StageError
-from foundation.io import atomic_write_json, fsync_dir, sha256_file
+from foundation.io import atomic_write_json, fsync_dir, json_digest, sha256_file
 from pipeline.config import Config, save_config
+from pipeline.layout import CONFIG, KEY_FILE, MANIFEST, RunLayout
 from pipeline.stage import TOOLCHAIN, Stage, StageContext, get_stage, load_stages, order
 
 log = logging.getLogger("pipeline")
-
-MANIFEST = "manifest.json"
-KEY_FILE = ".key.json"
 
 
 def package_version(name: str) -> str | None:
@@ -59,7 +56,7 @@ def environment() -> dict[str, Any]:
 
 
 def _digest(obj: Any) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+    return json_digest(obj)
 
 
 def _diff(old: Any, new: Any, prefix: str = "") -> list[str]:
@@ -94,22 +91,20 @@ class Runner:
 
     def __init__(self, cfg: Config):
         self.cfg = cfg
-        self.run_dir = Path(cfg.run.root).resolve() / cfg.run.name
-        load_stages()
+        self.layout = RunLayout.of(cfg, {name for name, st in load_stages().items() if st.per_device})
+        self.run_dir = self.layout.run_dir
 
     # ---- keys and manifests -------------------------------------------------------------------------------------
     def stage_dir(self, name: str) -> Path:
-        """Output folder of a stage: ``runs/<run>/<stage>``, or ``runs/<run>/devices/<device>/<stage>``."""
-        if get_stage(name).per_device:
-            return self.run_dir / "devices" / self.cfg.device.name / name
-        return self.run_dir / name
+        """Output folder of a stage (:meth:`pipeline.layout.RunLayout.stage_dir`); raises on an unknown stage."""
+        get_stage(name)
+        return self.layout.stage_dir(name)
 
-    def _aux_dir(self, name: str, suffix: str) -> Path:
-        final = self.stage_dir(name)
-        return final.parent / f".{final.name}.{suffix}"
+    def _aux_dir(self, name: str, kind: str) -> Path:
+        return self.layout.aux_dir(name, kind)
 
     def manifest(self, name: str) -> dict[str, Any] | None:
-        path = self.stage_dir(name) / MANIFEST
+        path = self.layout.manifest(name)
         if not path.is_file():
             return None
         try:
@@ -187,7 +182,7 @@ class Runner:
         with self._lock():
             for stale in self.run_dir.glob(".*.tmp"):  # temporaries of a process killed mid-write (we hold the lock)
                 stale.unlink(missing_ok=True)
-            save_config(self.cfg, self.run_dir / "config.yaml")
+            save_config(self.cfg, self.run_dir / CONFIG)
             for name in plan:
                 outcomes.append(self._run_one(get_stage(name), force=force and name in (names or plan)))
         return outcomes
@@ -207,7 +202,7 @@ class Runner:
         log.info("stage %-9s running (%s)", st.name, why)
         parts = self.key_parts(st)
         key = _digest(parts)
-        work = self._aux_dir(st.name, "work")
+        work = self.layout.work_dir(st.name)
         resumed = self._prepare_work(st, work, key)
         upstream_dirs = {u: self.stage_dir(u) for u in st.upstream if get_stage(u).is_enabled(self.cfg)}
         ctx = StageContext(
@@ -218,6 +213,7 @@ class Runner:
             upstream_dirs,
             logging.getLogger(f"pipeline.{st.name}"),
             resumed=resumed,
+            layout=self.layout,
         )
         started = time.time()
         try:
@@ -304,7 +300,7 @@ class Runner:
         st = get_stage(name)
         if self.status(name).state == "done":
             return False
-        source = Path(source_run).resolve() / self.stage_dir(name).relative_to(self.run_dir)
+        source = Path(source_run).resolve() / self.layout.relative(name)
         man_path = source / MANIFEST
         if not man_path.is_file():
             return False

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import hashlib
 import inspect
-import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -27,7 +26,9 @@ from pathlib import Path
 from typing import Any
 
 from foundation.errors import StageError, choice_error
+from foundation.io import json_digest
 from pipeline.config import Config
+from pipeline.layout import RunLayout
 
 # Toolchain packages whose versions enter a stage's cache key when the stage declares them.
 TOOLCHAIN = (
@@ -52,30 +53,58 @@ FRAMEWORK = ("pipeline.stage", "pipeline.runner", "pipeline.cli", "pipeline.logs
 
 
 # Code groups that several stages declare (``code=CODE_TRAINING + ("quantize.calibration",)``).
-CODE_BASE = ("foundation", "pipeline.config")
+CODE_BASE = ("foundation", "pipeline.config", "pipeline.config_sections", "pipeline.layout", "runtimes.formats")
 # pipeline.data reads images and tokenizes with the robot's own code (runtimes.image, runtimes.tokenizer)
 CODE_DATA = (*CODE_BASE, "benchmarks.sampling", "pipeline.data", "runtimes.image", "runtimes.tokenizer")
 CODE_TRAINING = (
     *CODE_DATA,
     "benchmarks.metrics",
     "model",
-    "pipeline.stages.distill",
     "pipeline.training.data",
     "pipeline.training.distributed",
+    "pipeline.training.jobs",
     "pipeline.training.loop",
     "pipeline.training.objectives",
     "pipeline.training.optim",
     "pipeline.training.state",
     "runtimes.masks",
 )
-CODE_EVALUATION = (*CODE_BASE, "benchmarks.metrics", "benchmarks.sampling", "model", "pipeline.data", "runtimes")
+CODE_EVALUATION = (
+    *CODE_BASE,
+    "benchmarks.bootstrap",
+    "benchmarks.metrics",
+    "benchmarks.sampling",
+    "model",
+    "pipeline.data",
+    "runtimes",
+)
 CODE_MEASURING = (
     *CODE_EVALUATION,
     "benchmarks.accuracy",
     "benchmarks.artifacts",
     "benchmarks.gallery",
     "benchmarks.latency",
+    "benchmarks.machine",
+    "benchmarks.peak_rss",
     "quantize",
+)
+
+
+CODE_REPORTING = (
+    *CODE_EVALUATION,
+    "benchmarks.gallery",
+    "benchmarks.machine",
+    "benchmarks.report",
+    "benchmarks.report_assembly",
+    "benchmarks.report_html",
+    "benchmarks.report_markdown",
+    "benchmarks.report_plot",
+    "benchmarks.report_tables",
+)
+# The upstream stages of the stages that measure every artifact (validate, bench). The build stage (TensorRT engines)
+# is optional: a checkout without it still validates and benchmarks.
+MEASURED_UPSTREAM = ("data", "train", "distill", "export", "quantize", "qat") + (
+    ("build",) if (Path(__file__).resolve().parent / "stages" / "build.py").is_file() else ()
 )
 
 
@@ -136,7 +165,8 @@ def code_digest(name: str, root: Path = ROOT) -> str:
 
 @dataclass
 class StageContext:
-    """What a stage body sees: the resolved config, its (temporary) output folder and finished upstream folders."""
+    """What a stage body sees: the resolved config, its (temporary) output folder, the finished upstream folders and
+    the run folder's layout (:mod:`pipeline.layout`: where any stage's outputs are)."""
 
     name: str
     cfg: Config
@@ -145,6 +175,11 @@ class StageContext:
     upstream_dirs: dict[str, Path]
     log: logging.Logger
     resumed: bool = False
+    layout: RunLayout | None = None  # the runner's; None: a flat one (every stage in run_dir/<stage>)
+
+    def __post_init__(self) -> None:
+        if self.layout is None:  # a context made by hand (tests, tools) puts each stage in run_dir/<stage>
+            self.layout = RunLayout(self.run_dir, self.cfg.device.name, frozenset())
 
     def upstream(self, name: str) -> Path:
         if name not in self.upstream_dirs:
@@ -233,7 +268,7 @@ def stage(
             enabled=enabled,
             code=tuple(code),
             code_versions=versions,
-            code_hash=hashlib.sha256(json.dumps(versions, sort_keys=True).encode()).hexdigest()[:16],
+            code_hash=json_digest(versions)[:16],
         )
         return fn
 

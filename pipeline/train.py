@@ -35,6 +35,7 @@ import torch
 
 from foundation.errors import StageError
 from pipeline.config import Config
+from pipeline.layout import RunLayout
 from pipeline.training import distributed as tdist
 
 log = logging.getLogger("pipeline.train")
@@ -43,18 +44,18 @@ log = logging.getLogger("pipeline.train")
 # --------------------------------------------------------------------------------------------------------- CLI
 
 
-def run_body(cfg: Config, run_dir: Path, stage: str, out: Path) -> dict[str, Any]:
+def run_body(cfg: Config, layout: RunLayout, stage: str, out: Path) -> dict[str, Any]:
     """The ``train`` or ``distill`` stage body for ``cfg``'s run folder, writing into ``out``."""
-    return _train(cfg, stage, run_dir / "data", run_dir / "train", out)
+    return _train(cfg, stage, layout.stage_dir("data"), layout.stage_dir("train"), out)
 
 
 def _train(cfg: Config, stage: str, data_dir: Path, train_dir: Path, out: Path) -> dict[str, Any]:
     """Train (``stage`` ``train``) or distil (``distill``, teacher from ``train_dir``) into ``out``."""
     if stage == "train":
-        from pipeline.stages.train import train
+        from pipeline.training.jobs import train
 
         return train(cfg, data_dir, out)
-    from pipeline.stages.distill import distill, teacher_path
+    from pipeline.training.jobs import distill, teacher_path
 
     return distill(cfg, data_dir, teacher_path(cfg, train_dir), out)
 
@@ -95,7 +96,7 @@ def train_in_run_folder(cfg: Config, stage: str = "train") -> dict[str, Any] | N
     if dist.main:
         runner.run([stage])
         return runner.figures(stage)
-    run_body(cfg, runner.run_dir, stage, runner.run_dir / f".{stage}.work")  # the runner's work folder convention
+    run_body(cfg, runner.layout, stage, runner.layout.work_dir(stage))  # where rank 0's runner trains
     return None
 
 
@@ -116,11 +117,11 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(args.log_level if int(os.environ.get("RANK", "0")) == 0 else "WARNING")  # rank 0 speaks
     try:
         cfg = load_config(args.config, args.overrides)
-        run_dir = Path(cfg.run.root).resolve() / cfg.run.name
+        layout = RunLayout.of(cfg, ())  # train, distill and data are shared by every device
         if args.out is None:
             train_in_run_folder(cfg, args.stage)
         else:
-            _train(cfg, args.stage, args.data or run_dir / "data", run_dir / "train", args.out)
+            _train(cfg, args.stage, args.data or layout.stage_dir("data"), layout.stage_dir("train"), args.out)
     except PipelineError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

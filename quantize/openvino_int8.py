@@ -40,6 +40,39 @@ def ignored_ops(model: Any, nodes: Sequence[str]) -> list[str]:
     return sorted(name for op in model.get_ops() if (name := op.get_friendly_name()).split("/", 1)[0] in wanted)
 
 
+def _run_nncf(
+    model: Any,
+    dataset: Any,
+    kwargs: dict[str, Any],
+    validation: tuple[Sequence[Any], Callable[[Any, Any], tuple[float, list[float]]]] | None,
+    max_drop: float,
+) -> tuple[Any, dict[str, Any]]:
+    """Run ``nncf.quantize``, or ``nncf.quantize_with_accuracy_control`` when ``validation`` is given.
+
+    Returns:
+        ``(quantized model, settings)``: the accuracy control's settings to record, empty without it.
+    """
+    import nncf
+
+    if validation is None:
+        return nncf.quantize(model, dataset, **kwargs), {}
+    from nncf.quantization.advanced_parameters import AdvancedAccuracyRestorerParameters
+
+    val_items, validation_fn = validation
+    restorer = AdvancedAccuracyRestorerParameters(ranking_subset_size=min(RANKING_SUBSET, len(val_items)))
+    quantized = nncf.quantize_with_accuracy_control(
+        model,
+        dataset,
+        nncf.Dataset(list(val_items), lambda item: item[0]),
+        validation_fn,
+        max_drop=max_drop,
+        drop_type=nncf.DropType.ABSOLUTE,
+        advanced_accuracy_restorer_parameters=restorer,
+        **kwargs,
+    )
+    return quantized, {"max_drop": max_drop, "ranking_subset_size": restorer.ranking_subset_size}
+
+
 def quantize_openvino_int8(
     xml_path: str | Path,
     out_path: str | Path,
@@ -95,24 +128,8 @@ def quantize_openvino_int8(
         "ignored": ignored,
     }
     try:
-        if validation is None:
-            quantized = nncf.quantize(model, dataset, **kwargs)
-        else:
-            from nncf.quantization.advanced_parameters import AdvancedAccuracyRestorerParameters
-
-            val_items, validation_fn = validation
-            restorer = AdvancedAccuracyRestorerParameters(ranking_subset_size=min(RANKING_SUBSET, len(val_items)))
-            quantized = nncf.quantize_with_accuracy_control(
-                model,
-                dataset,
-                nncf.Dataset(list(val_items), lambda item: item[0]),
-                validation_fn,
-                max_drop=max_drop,
-                drop_type=nncf.DropType.ABSOLUTE,
-                advanced_accuracy_restorer_parameters=restorer,
-                **kwargs,
-            )
-            info |= {"max_drop": max_drop, "ranking_subset_size": restorer.ranking_subset_size}
+        quantized, control = _run_nncf(model, dataset, kwargs, validation, max_drop)
+        info |= control
     except Exception as exc:  # NNCF wraps backend errors in many types
         raise ArtifactError(f"NNCF INT8 quantization of {xml_path} failed: {type(exc).__name__}: {exc}") from exc
     write_rt_info(quantized, {**meta, **(metadata or {}), "precision": "int8", "quantization": info})

@@ -20,6 +20,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 from foundation.errors import ArtifactError, RuntimeUnavailable, choice_error
+from runtimes.formats import BACKENDS
 
 # Key of the metadata namespace inside OpenVINO rt_info, and the format version of the description.
 RT_INFO_ROOT = "s2rm"
@@ -27,7 +28,6 @@ METADATA_VERSION = "1"
 # Token inputs are int32 in every artifact: TensorRT 8.x binds INT64 I/O as INT32 and 9+ needs INT64 bindings for
 # INT64 I/O, so int32 is the one type that means the same everywhere. The graph casts to int64 inside.
 TOKEN_DTYPE = "int32"
-TOKEN_INPUTS = ("input_ids", "attention_mask")
 
 
 @dataclass(frozen=True)
@@ -128,13 +128,9 @@ class Runtime(Protocol):
         ...
 
 
-# name -> "module:Class". Modules are imported on first use, so listing runtimes never imports torch or a backend.
-RUNTIMES: dict[str, str] = {
-    "onnxruntime": "runtimes.onnxruntime_rt:OnnxRuntime",
-    "openvino": "runtimes.openvino_rt:OpenVINORuntime",
-    "torch": "runtimes.torch_rt:TorchRuntime",
-    "tensorrt": "runtimes.tensorrt_rt:TensorRTRuntime",
-}
+# name -> "module:Class", from the backend table (runtimes.formats). Modules are imported on first use, so listing
+# runtimes never imports torch or a backend.
+RUNTIMES: dict[str, str] = {b.name: b.target for b in BACKENDS}
 
 
 def register_runtime(name: str, target: str) -> None:

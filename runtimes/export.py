@@ -20,6 +20,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from foundation.errors import ArtifactError
 from runtimes.base import RT_INFO_ROOT, TOKEN_DTYPE, decode_metadata, encode_metadata
 
@@ -68,6 +70,20 @@ def file_size(path: str | Path) -> int:
     if path.suffix == ".xml" and path.with_suffix(".bin").is_file():
         size += path.with_suffix(".bin").stat().st_size
     return size
+
+
+def torch_outputs(graph: Any, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Run a ``model.GraphSpec`` in PyTorch on numpy feeds (tokens cast to int64 as the model expects)."""
+    import torch
+
+    args = [
+        torch.from_numpy(feeds[n].astype(np.int64) if feeds[n].dtype.kind == "i" else feeds[n])
+        for n in graph.input_names
+    ]
+    with torch.no_grad():
+        out = graph.module(*args)
+    out = out if isinstance(out, tuple) else (out,)
+    return {n: o.numpy() for n, o in zip(graph.output_names, out, strict=True)}
 
 
 def _log_done(kind: str, path: Path, started: float) -> None:

@@ -25,8 +25,6 @@ from runtimes.image import MEAN, STD, preprocess_image
 from runtimes.masks import DEFAULT_THRESHOLD, logits_to_mask
 from runtimes.tokenizer import TextTokenizer
 
-MASK_OUTPUT = "mask_logits"
-
 
 def _first(meta: Mapping[str, Any], *keys: str) -> Any:
     """The first key present in ``meta`` or one of its nested ``preprocessing`` / ``model`` / ``io`` dicts."""

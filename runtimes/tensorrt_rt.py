@@ -7,8 +7,8 @@ users hit "engine incompatible" after an upgrade). :meth:`TensorRTRuntime.load` 
 next to the engine (``model.engine.json`` or ``model.json``; never a header inside the engine, so ``trtexec`` and
 DeepStream still read the plain plan) and refuses an engine whose TensorRT version or GPU differs, naming both, unless
 the sidecar says the engine was built version- or hardware-compatible. Whether an engine was built strongly typed
-(runtimes.tensorrt_build.default_strongly_typed) does not matter here: its I/O dtypes come from the engine itself, and
-inputs are cast to them.
+(runtimes.tensorrt_settings.default_strongly_typed) does not matter here: its I/O dtypes come from the engine itself,
+and inputs are cast to them.
 
 CUDA memory goes through cuda-python, else pycuda (JetPack 5 images often ship only pycuda): any failure of the first
 backend (not installed, a wheel newer than the driver, no device) falls back to the second.

@@ -18,9 +18,9 @@ import numpy as np
 
 from foundation.errors import ArtifactError, RuntimeUnavailable, choice_error
 from runtimes.base import RuntimeBase, TensorSpec, prepare_feeds
+from runtimes.formats import GRAPHS
 
 INSTALL_HINT = "pip install torch timm transformers (see the Makefile's setup target for the pinned CPU build)"
-GRAPHS = ("full", "image_encoder", "text_encoder", "decoder")
 
 
 def _checkpoint_path(artifact: str | Path) -> Path:
@@ -123,7 +123,7 @@ class TorchRuntime(RuntimeBase):
             raise ArtifactError("torch runtime: call load() before graph()")
         if name not in GRAPHS:
             raise choice_error("torch graph", name, GRAPHS)
-        from model.ris import graph_specs
+        from model.graphs import graph_specs
 
         gspec = graph_specs(self._model)[name]
         rt = _into if _into is not None else TorchRuntime()

@@ -10,6 +10,7 @@ from safetensors.torch import save_file
 
 from foundation.errors import ConfigError
 from pipeline import backbones as bb
+from pipeline.layout import RunLayout
 
 
 def test_each_backbone_run_names_its_weights_seed_and_folder():
@@ -44,7 +45,7 @@ def _fake_run(root, miou: float, drop: float, slowdown: float = 1.0) -> object:
     (root / "train").mkdir()
     save_file({"w": torch.zeros(10, 3), "bn.running_mean": torch.zeros(3), "b": torch.zeros(2)},
               str(root / "train" / "best.safetensors"))  # fmt: skip
-    return device
+    return RunLayout(root, "x86-cpu", frozenset({"validate", "bench"}))
 
 
 def test_collect_and_the_study_table(tmp_path):

@@ -17,21 +17,13 @@ import numpy as np
 import pytest
 
 from benchmarks.accuracy import SampleMeta, evaluate, miou_drop_points, summarize
-from benchmarks.artifacts import REFERENCE, artifact_size, find_artifacts, load_artifact
-from benchmarks.latency import (
-    ISOLATION,
-    Worker,
-    artifact_worker,
-    cpu_info,
-    describe_machine,
-    expression_cost,
-    machine_info,
-    time_interleaved,
-    time_isolated,
-)
+from benchmarks.artifacts import artifact_size, find_artifacts, load_artifact
+from benchmarks.latency import ISOLATION, Worker, artifact_worker, expression_cost, time_interleaved, time_isolated
 from benchmarks.latency import summarize as lat_summary
+from benchmarks.machine import cpu_info, describe_machine, machine_info
 from foundation.errors import RuntimeUnavailable, StageError
 from pipeline.stage import StageContext
+from runtimes.formats import REFERENCE
 
 # ---------------------------------------------------------------------------------------------------------------------
 # latency
@@ -381,26 +373,19 @@ def _broken_copy(src: Path, dst: Path, shift: float = -60.0) -> None:
     onnx.save(model, str(dst))
 
 
-@pytest.mark.slow
-def test_stages_end_to_end_on_tiny(tmp_path):
+def _tiny_run_artifacts(cfg, run: Path) -> dict[str, Path]:
+    """The ``data`` stage of ``cfg`` run for real, then by hand: a tiny checkpoint that predicts the whole frame, its
+    FP32 ONNX / OpenVINO exports, a broken Q/DQ "INT8" copy and an OpenVINO "INT8" identical to FP32. Returns the
+    stage folders under ``run``."""
     import torch
 
     from model import create_model
-    from model.ris import graph_specs
+    from model.graphs import graph_specs
     from model.weights import save_checkpoint
-    from pipeline.config import load_config
     from pipeline.runner import Runner
-    from pipeline.stages.bench import run_bench
-    from pipeline.stages.report import run_gate, run_report
-    from pipeline.stages.validate import run_validate
     from runtimes.export import copy_tokenizer, export_onnx, export_openvino
 
-    small = ["data.synref.images={train: 4, val: 4, testA: 3, testB: 3}", "data.synref.min_side=96",
-             "data.synref.max_side=128", "model.variant=tiny", "validate.max_samples=8", "validate.bootstrap=200",
-             "bench.runs=3", "bench.warmup=1", "bench.threads=1", "bench.expressions=[1,4,8]"]  # fmt: skip
-    cfg = load_config("configs/demo.yaml", [f"run.root={tmp_path}", "run.name=t", *small])
     Runner(cfg).run(["data"])
-    run = tmp_path / "t"
     dirs = {"data": run / "data", "train": run / "train", "export": run / "export", "quantize": run / "quantize"}
     for d in dirs.values():
         d.mkdir(exist_ok=True)
@@ -424,6 +409,22 @@ def test_stages_end_to_end_on_tiny(tmp_path):
         shutil.copy(dirs["export"] / f"full{ext}", dirs["quantize"] / f"full_int8{ext}")
     (dirs["quantize"] / "manifest.json").write_text(json.dumps({"figures": {"full_int8_qdq.onnx": {
         "mask_head": ["/head/Conv"], "fallback": {"excluded": ["/head/Conv", "/s2rm/MatMul_7"]}}}}))  # fmt: skip
+    return dirs
+
+
+@pytest.mark.slow
+def test_stages_end_to_end_on_tiny(tmp_path):
+    from pipeline.config import load_config
+    from pipeline.stages.bench import run_bench
+    from pipeline.stages.report import run_gate, run_report
+    from pipeline.stages.validate import run_validate
+
+    small = ["data.synref.images={train: 4, val: 4, testA: 3, testB: 3}", "data.synref.min_side=96",
+             "data.synref.max_side=128", "model.variant=tiny", "validate.max_samples=8", "validate.bootstrap=200",
+             "bench.runs=3", "bench.warmup=1", "bench.threads=1", "bench.expressions=[1,4,8]"]  # fmt: skip
+    cfg = load_config("configs/demo.yaml", [f"run.root={tmp_path}", "run.name=t", *small])
+    run = tmp_path / "t"
+    dirs = _tiny_run_artifacts(cfg, run)
 
     def ctx(name: str, up: dict[str, Path]) -> StageContext:
         out = run / "devices" / "x86-cpu" / name
@@ -431,7 +432,7 @@ def test_stages_end_to_end_on_tiny(tmp_path):
         return StageContext(name, cfg, out, run, up, logging.getLogger(name))
 
     from pipeline.data.dataset import open_dataset
-    from pipeline.stages.quantize import TUNING_IDS
+    from pipeline.layout import TUNING_IDS
 
     val = open_dataset(cfg, dirs["data"]).samples("val")
     tuned = [f"val:{s.ref_id}:{s.sent_id}" for s in val[:3]]  # what the INT8 fallback tuned on stays out of the gate

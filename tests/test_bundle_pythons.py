@@ -1,17 +1,16 @@
 """The deploy bundle under the robot's Pythons: 3.8 (JetPack 5) and 3.10 (JetPack 6), with that JetPack's pins.
 
-Default suite: a scan of the bundle's scripts and everything it vendors for constructs newer than Python 3.8 (the scan
-itself is tested on snippets), a compile of those files under each robot interpreter found, ``verify.py`` of the
-unpacked Orin Nano bundle under Python 3.8 in the cached robot venv (``make robot-venvs``), the README's per-JetPack
-pins and the power-mode parsing. ``slow`` (``make test-all``): the Orin Nano (JetPack 6.1) and Xavier NX (JetPack 5.1,
-opset 17) bundles of the tiny model, unpacked, each running ``verify.py``, ``infer.py`` and ``benchmark.py --backend
-onnxruntime`` under Python 3.8 and 3.10. The venvs come from ``tools/robot_venvs.py``; a missing interpreter or an
-unreachable package index is a skip that says so.
+Default suite: a scan of the bundle's scripts and everything it vendors for constructs newer than Python 3.8
+(tests/py38_scan.py; the scan itself is tested on snippets), a compile of those files under each robot interpreter
+found and ``verify.py`` of the unpacked Orin Nano bundle under Python 3.8 in the cached robot venv (``make
+robot-venvs``). ``slow`` (``make test-all``): the Orin Nano (JetPack 6.1) and Xavier NX (JetPack 5.1, opset 17) bundles
+of the tiny model, unpacked, each running ``verify.py``, ``infer.py`` and ``benchmark.py --backend onnxruntime`` under
+Python 3.8 and 3.10. The venvs come from ``tools/robot_venvs.py``; a missing interpreter or an unreachable package
+index is a skip that says so. The README's per-JetPack pins and the power-mode parsing: tests/test_bundle_jetpack.py.
 """
 
 from __future__ import annotations
 
-import ast
 import fnmatch
 import importlib.util
 import json
@@ -30,7 +29,8 @@ from PIL import Image
 
 from pipeline.bundle import SCRIPTS, SCRIPTS_DIR, VENDORED, extract_bundle
 from pipeline.config import load_config
-from pipeline.jetpack import JETPACKS, README_MARKER, for_jetpack, install_section, write_bundle_readme
+from pipeline.jetpack import README_MARKER, for_jetpack
+from tests.py38_scan import newer_than_38
 
 ROOT = Path(__file__).resolve().parent.parent
 ROBOT_PYTHONS = ("3.8", "3.10")
@@ -53,174 +53,8 @@ def bundle_sources() -> list[Path]:
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# A scan for what Python 3.8 (and numpy 1.23 .. 2.x) lacks. Running the scripts under 3.8 finds what the tests reach;
-# this finds it in the code they do not reach (TensorRT paths, error branches).
+# The scan for what Python 3.8 lacks (tests/py38_scan.py)
 # ---------------------------------------------------------------------------------------------------------------------
-
-# method names that only exist on newer builtins / pathlib (receiver type unknown: the name is distinctive enough)
-NEW_METHODS = {
-    "removeprefix": "3.9",
-    "removesuffix": "3.9",
-    "is_relative_to": "3.9",
-    "with_stem": "3.9",
-    "hardlink_to": "3.10",
-    "bit_count": "3.10",
-}
-NEW_MODULE_ATTRS = {
-    "functools": {"cache": "3.9"},
-    "math": {"lcm": "3.9", "nextafter": "3.9", "ulp": "3.9"},
-    "itertools": {"pairwise": "3.10", "batched": "3.12"},
-    "ast": {"unparse": "3.9"},
-    "asyncio": {"to_thread": "3.9"},
-    "argparse": {"BooleanOptionalAction": "3.9"},
-    "sys": {"stdlib_module_names": "3.10"},
-    "os": {"waitstatus_to_exitcode": "3.9"},
-    "contextlib": {"chdir": "3.11"},
-    "enum": {"StrEnum": "3.11"},
-    "datetime": {"UTC": "3.11"},
-    "hashlib": {"file_digest": "3.11"},
-    "random": {"randbytes": "3.9"},
-    "typing": {
-        n: v
-        for v, names in {
-            "3.9": ("Annotated",),
-            "3.10": ("TypeAlias", "ParamSpec", "Concatenate", "TypeGuard", "is_typeddict"),
-            "3.11": ("Self", "Never", "LiteralString", "assert_never", "reveal_type", "Required", "NotRequired"),
-            "3.12": ("override", "TypeAliasType"),
-        }.items()
-        for n in names
-    },
-}
-NEW_MODULES = {"zoneinfo": "3.9", "graphlib": "3.9", "tomllib": "3.11"}
-# numpy names that are missing somewhere between the pins (1.23.5 on JetPack 5, 1.26.4 on 6, 2.x on 7)
-NUMPY_GAPS = {
-    "bool": "np.bool is missing in numpy 1.24-1.26 (use np.bool_)",
-    "exceptions": "numpy >= 1.25",
-    "dtypes": "numpy >= 1.25",
-    "trapezoid": "numpy >= 2.0",
-    "concat": "numpy >= 2.0",
-    "isdtype": "numpy >= 2.0",
-    "unstack": "numpy >= 2.1",
-    "astype": "numpy >= 2.1",
-    "float_": "removed in numpy 2.0",
-    "complex_": "removed in numpy 2.0",
-    "string_": "removed in numpy 2.0",
-    "unicode_": "removed in numpy 2.0",
-    "NaN": "removed in numpy 2.0",
-    "Inf": "removed in numpy 2.0",
-    "infty": "removed in numpy 2.0",
-    "product": "removed in numpy 2.0",
-    "alltrue": "removed in numpy 2.0",
-    "sometrue": "removed in numpy 2.0",
-    "in1d": "deprecated in numpy 2.0",
-}
-BUILTIN_GENERICS = {"list", "dict", "tuple", "set", "frozenset", "type"}
-TYPE_NAMES = BUILTIN_GENERICS | {"int", "float", "str", "bytes", "bool", "complex", "object"}
-
-
-def _is_type_like(node: ast.AST, abc_names: set[str]) -> bool:
-    """An operand of ``|`` that makes it a PEP 604 union (3.10) or a dict union (3.9)."""
-    if isinstance(node, ast.Constant) and node.value is None:
-        return True
-    if isinstance(node, (ast.Dict, ast.DictComp)):
-        return True
-    if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "dict":
-        return True
-    if isinstance(node, ast.Subscript):
-        return _is_type_like(node.value, abc_names)
-    name = node.id if isinstance(node, ast.Name) else node.attr if isinstance(node, ast.Attribute) else None
-    if name is None:
-        return False
-    # CamelCase names are classes; ALL_CAPS ones are flag constants (re.I | re.M), which | combines in any version
-    return name in TYPE_NAMES or name in abc_names or (name[0].isupper() and not name.isupper())
-
-
-def newer_than_38(source: str, filename: str = "<src>") -> list[str]:
-    """``file:line: what`` for each construct in ``source`` that Python 3.8 or one of the numpy pins lacks."""
-    tree = ast.parse(source, filename)
-    lazy_annotations = any(
-        isinstance(n, ast.ImportFrom) and n.module == "__future__" and any(a.name == "annotations" for a in n.names)
-        for n in tree.body
-    )
-    annotation_ids: set[int] = set()
-    if lazy_annotations:  # annotations are strings: nothing in them runs
-        for node in ast.walk(tree):
-            parts = []
-            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
-                parts = [node.returns, *(a.annotation for a in (*node.args.args, *node.args.kwonlyargs))]
-                parts += [a.annotation for a in (*node.args.posonlyargs, node.args.vararg, node.args.kwarg) if a]
-            elif isinstance(node, ast.AnnAssign):
-                parts = [node.annotation]
-            annotation_ids |= {id(sub) for part in parts if part is not None for sub in ast.walk(part)}
-    abc_names = {
-        a.asname or a.name
-        for n in ast.walk(tree)
-        if isinstance(n, ast.ImportFrom) and n.module == "collections.abc"
-        for a in n.names
-    }
-    found = []
-
-    def flag(node: ast.AST, what: str) -> None:
-        found.append(f"{filename}:{getattr(node, 'lineno', '?')}: {what}")
-
-    for node in ast.walk(tree):
-        if id(node) in annotation_ids:
-            continue
-        if type(node).__name__ in ("Match", "TryStar", "TypeAlias"):
-            flag(node, f"{type(node).__name__} statement (Python >= 3.10)")
-        elif isinstance(node, ast.Call):
-            func = node.func
-            keywords = {k.arg for k in node.keywords}
-            if isinstance(func, ast.Name) and func.id == "zip" and "strict" in keywords:
-                flag(node, "zip(strict=...) (Python >= 3.10)")
-            if isinstance(func, (ast.Name, ast.Attribute)) and getattr(func, "id", getattr(func, "attr", "")) in (
-                "dataclass",
-                "field",
-            ):
-                for kw in keywords & {"slots", "kw_only"}:
-                    flag(node, f"dataclass {kw}= (Python >= 3.10)")
-            if isinstance(func, ast.Attribute) and func.attr in NEW_METHODS:
-                flag(node, f".{func.attr}() (Python >= {NEW_METHODS[func.attr]})")
-        elif isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name):
-            module = node.value.id
-            if node.attr in NEW_MODULE_ATTRS.get(module, {}):
-                flag(node, f"{module}.{node.attr} (Python >= {NEW_MODULE_ATTRS[module][node.attr]})")
-            if module in ("np", "numpy") and node.attr in NUMPY_GAPS:
-                flag(node, f"{module}.{node.attr}: {NUMPY_GAPS[node.attr]}")
-        elif isinstance(node, ast.ImportFrom) and node.module:
-            for alias in node.names:
-                if alias.name in NEW_MODULE_ATTRS.get(node.module, {}):
-                    flag(
-                        node,
-                        f"from {node.module} import {alias.name} (Python >= "
-                        f"{NEW_MODULE_ATTRS[node.module][alias.name]})",
-                    )
-            if node.module.split(".")[0] in NEW_MODULES:
-                flag(node, f"module {node.module} (Python >= {NEW_MODULES[node.module.split('.')[0]]})")
-        elif isinstance(node, ast.Import):
-            for alias in node.names:
-                if alias.name.split(".")[0] in NEW_MODULES:
-                    flag(node, f"module {alias.name} (Python >= {NEW_MODULES[alias.name.split('.')[0]]})")
-        elif isinstance(node, ast.BinOp) and isinstance(node.op, ast.BitOr):
-            if _is_type_like(node.left, abc_names) or _is_type_like(node.right, abc_names):
-                flag(node, "X | Y of types or dicts at run time (PEP 604: 3.10, dict union: 3.9)")
-        elif isinstance(node, ast.AugAssign) and isinstance(node.op, ast.BitOr):
-            if isinstance(node.value, (ast.Dict, ast.DictComp)):
-                flag(node, "dict |= (Python >= 3.9)")
-        elif (
-            isinstance(node, ast.Subscript)
-            and isinstance(node.value, ast.Name)
-            and node.value.id in BUILTIN_GENERICS | abc_names
-        ):
-            flag(node, f"{node.value.id}[...] at run time (Python >= 3.9)")
-        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
-            for deco in node.decorator_list:  # PEP 614 (3.9) relaxed decorators; 3.8 takes a dotted name or its call
-                target = deco.func if isinstance(deco, ast.Call) else deco
-                while isinstance(target, ast.Attribute):
-                    target = target.value
-                if not isinstance(target, ast.Name):
-                    flag(deco, "decorator that is not a dotted name or its call (Python >= 3.9)")
-    return found
 
 
 @pytest.mark.parametrize(
@@ -518,151 +352,3 @@ def test_xavier_bundle_is_jetpack_5_and_says_what_to_install(xavier_bundle):
     assert jp5.pip_line() in readme and jp5.onnxruntime in readme
     for pin in (jp6.cuda_python, "numpy==1.26.4", jp6.onnxruntime, "cuda-python==12.2.1"):
         assert pin not in readme, pin
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# What to install per JetPack (review #5)
-# ---------------------------------------------------------------------------------------------------------------------
-
-
-def test_jetpack_5_readme_names_jetpack_5_pins_and_not_jetpack_6_ones(tmp_path):
-    """The bundle stage writes the profile's JetPack into the README template (a JetPack 5 bundle: CUDA 11 pins)."""
-    readme = tmp_path / "README.md"
-    shutil.copyfile(SCRIPTS_DIR / "README.md", readme)
-    write_bundle_readme(readme, load_config(None, device="jetson-xavier-nx-jp5").device.jetpack)
-    text = readme.read_text()
-    jp5, jp6_0, jp6 = for_jetpack("5.1"), for_jetpack("6.0"), for_jetpack("6.2.1")
-    assert jp5.name in text and jp5.pip_line() in text and "pip>=21" in text
-    assert "cuda-python==11.8.2" in text and "numpy==1.23.5" in text and jp5.onnxruntime in text
-    for pin in {*jp6.packages, jp6.cuda_python, jp6.onnxruntime, jp6_0.cuda_python} - set(jp5.packages):
-        assert pin not in text, pin
-    with pytest.raises(ValueError, match="no install marker"):
-        write_bundle_readme(readme, "5.1")  # already written: the template is what gets the steps
-
-
-def test_cuda_python_is_pinned_to_the_cuda_of_each_jetpack():
-    """cuda-python 13 needs a CUDA 13 driver: only JetPack 7; JetPack 6 gets the 12.x of its CUDA, JetPack 5 an 11.x
-    with a Python 3.8 aarch64 wheel; every pin is exact (``==``), so pip cannot pick a newer CUDA."""
-    majors = {e.name: e.cuda_python.split("==")[1].split(".")[0] for e in JETPACKS}
-    cudas = {e.name: e.cuda.split(".")[0] for e in JETPACKS}
-    assert majors == cudas
-    assert for_jetpack("5.1.2").cuda_python == "cuda-python==11.8.2" and for_jetpack("5.1").python == "3.8"
-    assert for_jetpack("6.0").cuda_python == "cuda-python==12.2.1"
-    assert for_jetpack("6.1").cuda_python == for_jetpack("6.2.1").cuda_python == "cuda-python==12.6.2.post1"
-    assert for_jetpack("7.2").cuda_python.startswith("cuda-python==13.") and for_jetpack("4.6") is None
-    for entry in JETPACKS:
-        assert all("==" in pin for pin in (*entry.packages, entry.cuda_python, entry.onnxruntime)), entry.name
-    # a profile's JetPack is in the table (a new profile without its row would get only the generic table)
-    for path in sorted((ROOT / "configs" / "devices").glob("jetson-*.yaml")):
-        jetpack = load_config(None, device=path.stem).device.jetpack
-        assert for_jetpack(jetpack) is not None, (path.name, jetpack)
-    assert "| JetPack 5.1.x | 3.8 | 11.4 |" in install_section(None)
-
-
-def test_trt_extra_keeps_cuda_python_below_13():
-    extra = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["trt"]
-    spec = next(s for s in extra if s.startswith("cuda-python"))
-    assert "<13" in spec.replace(" ", ""), spec
-
-
-def test_project_readme_lists_each_jetpack_pin():
-    """The README's Jetson section shows the same pins as the bundles' READMEs."""
-    readme = (ROOT / "README.md").read_text()
-    section = readme[readme.index("## Deploying to a Jetson") :]
-    section = section[: section.index("\n## ", 5)]
-    for entry in JETPACKS:
-        assert " ".join((*entry.packages, entry.cuda_python)) in section, entry.name
-    assert "sudo nvpmodel -m 0" not in section and "benchmark.py --power-modes" in section
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# The maximum power mode (review #12). The nvpmodel.conf and `nvpmodel -q` texts below are constructed in the formats
-# public Jetson material shows (`< POWER_MODEL ID=n NAME=... >` lines; "NV Power Mode: <name>" then the id), with the
-# mode lists reported for each module; they are not copied from a device.
-# ---------------------------------------------------------------------------------------------------------------------
-
-ORIN_NANO_JP62 = """
-# nvpmodel.conf (constructed sample, Orin Nano 8 GB on JetPack 6.2)
-< PARAM TYPE=FILE NAME=CPU_ONLINE >
-CORE_0 /sys/devices/system/cpu/cpu0/online
-< POWER_MODEL ID=0 NAME=15W >
-CPU_ONLINE CORE_0 1
-< POWER_MODEL ID=1 NAME=25W >
-CPU_ONLINE CORE_0 1
-< POWER_MODEL ID=2 NAME=MAXN_SUPER >
-CPU_ONLINE CORE_0 1
-< PM_CONFIG DEFAULT=2 >
-"""
-XAVIER_NX = "\n".join(
-    f"< POWER_MODEL ID={i} NAME={name} >"
-    for i, name in enumerate(
-        [f"MODE_{w}W_{c}CORE" for w, c in ((15, 2), (15, 4), (15, 6), (10, 2), (10, 4))]
-        + ["MODE_10W_DESKTOP"]
-        + [f"MODE_20W_{c}CORE" for c in (2, 4, 6)]
-    )
-)
-AGX_ORIN = "< POWER_MODEL ID=0 NAME=MAXN >\n< POWER_MODEL ID=1 NAME=MODE_15W >\n< POWER_MODEL ID=2 NAME=MODE_30W >\n"
-VERBOSE_QUERY = (
-    "NVPM VERB: Config file: /etc/nvpmodel.conf\nNVPM VERB: parsing done for /etc/nvpmodel.conf\n"
-    "NVPM VERB: Current mode: NV Power Mode: 25W\n1\nNVPM VERB: PARAM CPU_ONLINE: ARG CORE_0: REAL_VAL: 1 CONF_VAL: 1\n"
-)
-
-
-def _bundle_module(monkeypatch: pytest.MonkeyPatch, name: str) -> Any:
-    """Import one of the bundle's scripts from the source tree (``common`` first, as the scripts do)."""
-    monkeypatch.setattr(sys, "path", [str(SCRIPTS_DIR), *sys.path])
-    module = None
-    for mod in dict.fromkeys(("common", name)):
-        spec = importlib.util.spec_from_file_location(mod, SCRIPTS_DIR / f"{mod}.py")
-        module = importlib.util.module_from_spec(spec)
-        monkeypatch.setitem(sys.modules, mod, module)
-        spec.loader.exec_module(module)
-    return module
-
-
-@pytest.mark.parametrize(
-    ("conf", "query", "status", "best", "current", "at_max"),
-    [
-        (ORIN_NANO_JP62, "NV Power Mode: 15W\n0\n", None, (2, "MAXN_SUPER"), (0, "15W"), False),
-        (ORIN_NANO_JP62, VERBOSE_QUERY, None, (2, "MAXN_SUPER"), (1, "25W"), False),
-        (ORIN_NANO_JP62, "", "pmode:0002 fmode:quiet\n", (2, "MAXN_SUPER"), (2, "MAXN_SUPER"), True),
-        (XAVIER_NX, "NV Power Mode: MODE_15W_2CORE\n0\n", None, (8, "MODE_20W_6CORE"), (0, "MODE_15W_2CORE"), False),
-        (AGX_ORIN, "NV Power Mode: MAXN\n0\n", None, (0, "MAXN"), (0, "MAXN"), True),
-        ("< POWER_MODEL NAME=MAXN ID=3 >\n< POWER_MODEL ID=0 NAME=MODE_15W >", "", None, (3, "MAXN"), None, None),
-        ("< POWER_MODEL ID=0 NAME=QUIET >\n< POWER_MODEL ID=1 NAME=LOUD >", "", None, None, None, None),
-        (None, "", None, None, None, None),  # not a Jetson
-    ],
-    ids=["nano-15w", "nano-verbose-25w", "nano-status-super", "xavier-nx", "agx", "attr-order", "no-watts", "none"],
-)
-def test_benchmark_finds_the_maximum_power_mode(monkeypatch, tmp_path, conf, query, status, best, current, at_max):
-    benchmark = _bundle_module(monkeypatch, "benchmark")
-    if conf is not None:
-        (tmp_path / "etc").mkdir()
-        (tmp_path / "etc" / "nvpmodel.conf").write_text(conf)
-    if status is not None:
-        (tmp_path / "var/lib/nvpmodel").mkdir(parents=True)
-        (tmp_path / "var/lib/nvpmodel/status").write_text(status)
-    state = benchmark.power_mode_state(tmp_path, query=query)
-    assert (state["max"], state["current"], state["at_max"]) == (best, current, at_max)
-    command = benchmark.power_mode_command(state)
-    note = benchmark.power_mode_note(state)
-    if best is None:
-        assert "nvpmodel -m <id>" in command and "mode 0 is not the maximum" in command and note is None
-    else:
-        assert command.startswith(f"sudo nvpmodel -m {best[0]} && sudo jetson_clocks")
-    if at_max is False:
-        assert f"sudo nvpmodel -m {best[0]}" in note and f"(id {current[0]})" in note
-    else:
-        assert note is None
-    clocks = benchmark.clock_note(False, tmp_path, state)
-    assert f"sudo nvpmodel -m {best[0] if best else '<id>'} && sudo jetson_clocks" in clocks  # not always mode 0
-
-
-def test_benchmark_prints_the_power_modes(monkeypatch, tmp_path, capsys):
-    benchmark = _bundle_module(monkeypatch, "benchmark")
-    (tmp_path / "etc").mkdir()
-    (tmp_path / "etc" / "nvpmodel.conf").write_text(XAVIER_NX)
-    assert benchmark.print_power_modes(benchmark.power_mode_state(tmp_path, query="")) == 0
-    out = capsys.readouterr().out
-    assert "8: MODE_20W_6CORE" in out and "fastest: sudo nvpmodel -m 8 && sudo jetson_clocks" in out
-    assert benchmark.print_power_modes(benchmark.power_mode_state(tmp_path / "none", query="")) == 1

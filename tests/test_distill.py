@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 
 from foundation.errors import CheckpointError
 from pipeline.config import load_config
-from pipeline.stages.distill import distill, student_config
+from pipeline.training.jobs import distill, student_config
 from pipeline.training.objectives import DistillObjective, logit_distill_loss
 from pipeline.training.optim import param_groups
 from tests.test_train import TINY_DATA, _restore_torch_globals, data_dir, write_config  # noqa: F401 (fixtures)
@@ -100,7 +100,7 @@ def test_distill_stage_trains_the_student_from_the_train_stage_best(tmp_path, da
     exported = get_runtime("onnxruntime").load(runner.stage_dir("export") / "full.onnx").metadata
     assert exported["variant"] == "tiny" and int(exported["img_size"]) == 32
     from benchmarks.artifacts import find_artifacts
-    from pipeline.stages.validate import UPSTREAM
+    from pipeline.stage import MEASURED_UPSTREAM as UPSTREAM
 
     dirs = {u: runner.stage_dir(u) for u in UPSTREAM if u in ("data", "train", "distill", "export")}
     assert find_artifacts(dirs)[0].path == out / "best.safetensors"  # the PyTorch reference of validate and bench

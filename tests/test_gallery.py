@@ -8,7 +8,10 @@ import json
 import numpy as np
 
 from benchmarks.gallery import PANEL, gallery_rows, pick_samples, write_gallery
-from benchmarks.report import assemble, render_html, render_markdown, write_report
+from benchmarks.report import write_report
+from benchmarks.report_assembly import assemble
+from benchmarks.report_html import render_html
+from benchmarks.report_markdown import render_markdown
 
 
 class Fixed:

@@ -7,17 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from benchmarks.metrics import (
-    BootstrapCI,
-    MaskAgreement,
-    SegMetrics,
-    agreement,
-    bootstrap_diff,
-    bootstrap_diff_oiou,
-    compare,
-    intersection_union,
-    resize_mask_nearest,
-)
+from benchmarks.bootstrap import BootstrapCI, bootstrap_diff, bootstrap_diff_oiou, compare
+from benchmarks.metrics import MaskAgreement, SegMetrics, agreement, intersection_union, resize_mask_nearest
 from foundation.errors import ConfigError, DataError
 from runtimes.masks import logit_threshold, logits_to_mask, resize_bilinear
 

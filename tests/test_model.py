@@ -13,8 +13,11 @@ import torch
 from torch import nn
 
 from model import ModelError
-from model.ris import ModelSpec, RISModel, create_model, graph_specs, list_variants, minilm_dir, resolve_spec
+from model.graphs import graph_specs
+from model.ris import RISModel
 from model.s2rm import AxisCoparser, coparse_step, masked_softmax, shift_schedule
+from model.spec import ModelSpec
+from model.variants import create_model, list_variants, minilm_dir, resolve_spec
 
 FAST = ("tiny", "demo")
 VARIANTS = [pytest.param(v, marks=() if v in FAST else pytest.mark.slow) for v in list_variants()]

@@ -15,7 +15,9 @@ import numpy as np
 import pytest
 import torch
 
-from model.ris import FEATURE_NAMES, GraphSpec, RISModel, create_model, graph_specs
+from model.graphs import FEATURE_NAMES, GraphSpec, graph_specs
+from model.ris import RISModel
+from model.variants import create_model
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")

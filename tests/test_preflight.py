@@ -15,19 +15,10 @@ import pytest
 
 from pipeline.cli import main
 from pipeline.config import load_config
-from pipeline.preflight import (
-    HEADER,
-    RESULT_JSON,
-    RESULT_MD,
-    STEPS,
-    PreflightOptions,
-    StepMemory,
-    failures,
-    format_table,
-    preflight,
-    read_progress,
-    table_rows,
-)
+from pipeline.preflight.driver import preflight
+from pipeline.preflight.measure import StepMemory, read_progress
+from pipeline.preflight.plan import RESULT_JSON, RESULT_MD, STEPS, PreflightOptions
+from pipeline.preflight.render import HEADER, failures, format_table, table_rows
 
 DEVICE = "jetson-xavier-nx-jp5"
 FAST = ["--variant", "tiny", "--calib-samples", "2", "--parity-samples", "1"]

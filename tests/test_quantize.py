@@ -32,7 +32,8 @@ def test_quantize_stage_reports_three_figures_per_artifact(quantized):
 
 
 def test_qdq_graph_is_symmetric_int8_on_conv_matmul_gemm_only(quantized):
-    from quantize.qdq import QUANT_OPS, head_nodes, quantized_nodes
+    from quantize.qdq import head_nodes
+    from quantize.qdq_graph import QUANT_OPS, quantized_nodes
     from quantize.trt_compat import zero_points
 
     entry = quantized["quantize"]["full_int8_qdq.onnx"]
@@ -72,7 +73,7 @@ def test_openvino_int8_keeps_the_mask_head_float(quantized):
 def test_the_fallback_tunes_on_val_and_validate_leaves_those_samples_out(quantized):
     from benchmarks.accuracy import eval_samples
     from pipeline.data.dataset import open_dataset
-    from pipeline.stages.quantize import TUNING_IDS
+    from pipeline.layout import TUNING_IDS
     from runtimes import get_runtime
     from runtimes.processing import Processing
 
@@ -120,7 +121,8 @@ def _cast_qdq_graph() -> onnx.ModelProto:
 
 
 def test_keep_float_consumers_rewires_float_ops_but_keeps_a_cast_into_a_matmul_quantized():
-    from quantize.qdq import keep_float_consumers, quantized_nodes
+    from quantize.qdq import keep_float_consumers
+    from quantize.qdq_graph import quantized_nodes
 
     model = _cast_qdq_graph()
     assert quantized_nodes(model) == ["mm"]
@@ -133,7 +135,9 @@ def test_keep_float_consumers_rewires_float_ops_but_keeps_a_cast_into_a_matmul_q
 
 def test_fallback_returns_sensitive_nodes_to_float_under_a_tight_budget(quantized, tmp_path):
     from quantize.calibration import load_calibration
-    from quantize.qdq import accuracy_fallback, head_nodes, quantized_nodes
+    from quantize.qdq import head_nodes
+    from quantize.qdq_fallback import accuracy_fallback
+    from quantize.qdq_graph import quantized_nodes
 
     root = quantized["root"]
     fp32 = root / "export" / "full.onnx"
@@ -270,26 +274,12 @@ def _computed(name: str, value: np.ndarray) -> tuple[Any, Any]:
     return numpy_helper.from_array(value, f"{name}_init"), helper.make_node("Identity", [f"{name}_init"], [name])
 
 
-def test_trt_compat_follows_each_versions_parser_rules():
-    """onnx-tensorrt operators.md / Changelog / importers per version (quantize/data/trt_ops_*.json `source`)."""
-    from quantize.trt_compat import check_trt_compat, resolve_version
+def _check_axes_inputs_by_version(x: tuple) -> None:
+    """Axes that are not initializers: Pad until 10.4, Squeeze/Unsqueeze until 10.7 (then: must fold), Slice until
+    10.3."""
+    from quantize.trt_compat import check_trt_compat
 
-    F, F16 = TensorProto.FLOAT, TensorProto.FLOAT16
-    x = ("x", F, [1, 4, 4])
-    # Gelu, Mish, CastLike: 'Y' (with importers) since onnx-tensorrt 10.0 GA, not only from 10.15
-    acts = _graph(
-        [
-            helper.make_node("Gelu", ["x"], ["a"], name="gelu"),
-            helper.make_node("Mish", ["a"], ["b"], name="mish"),
-            helper.make_node("CastLike", ["b", "x"], ["y"], name="castlike"),
-        ],
-        [x],
-        [("y", F, [1, 4, 4])],
-        opset=20,
-    )
-    report = check_trt_compat(acts, "10.3")
-    assert report.ok and not report.warnings, report.warnings
-    # axes that are not initializers: Pad until 10.4, Squeeze/Unsqueeze until 10.7 (then: must fold), Slice until 10.3
+    F = TensorProto.FLOAT
     pads, pad_axes = numpy_helper.from_array(np.asarray([1, 1], np.int64), "pads"), _computed("pax", np.asarray([2]))
     pad = _graph(
         [pad_axes[1], helper.make_node("Pad", ["x", "pads", "", "pax"], ["y"], name="pad")],
@@ -312,6 +302,13 @@ def test_trt_compat_follows_each_versions_parser_rules():
     inits = [starts, numpy_helper.from_array(np.asarray([2]), "en"), sl_axes[0]]
     assert check_trt_compat(_graph(slice_, [x], [("y", F, [1, 2, 4])], inits), "10.3").ok
     assert not check_trt_compat(_graph(slice_, [x], [("y", F, [1, 2, 4])], inits, opset=17), "8.5").ok
+
+
+def _check_tensorrt_8_5_importers(x: tuple) -> None:
+    """What TensorRT 8.5's parser refuses and 8.6 takes: a computed TopK K, a two-input DequantizeLinear, N-D Trilu."""
+    from quantize.trt_compat import check_trt_compat
+
+    F = TensorProto.FLOAT
     # TopK's K: an initializer on 8.5, any tensor from 8.6 (dynamic K, 8.6 EA)
     k = _computed("k", np.asarray([2]))
     topk = _graph(
@@ -342,7 +339,13 @@ def test_trt_compat_follows_each_versions_parser_rules():
             [helper.make_node("Trilu", ["t"], ["y"], name="trilu")], [("t", F, shape)], [("y", F, shape)], opset=17
         )
         assert check_trt_compat(trilu, "8.5").ok is ok_85 and check_trt_compat(trilu, "8.6").ok
-    # strongly typed only (11.x): a MatMul computing in FP32 runs in FP32 there
+
+
+def _check_strongly_typed_precision(x: tuple) -> None:
+    """Strongly typed only (11.x): a MatMul computing in FP32 runs in FP32 there."""
+    from quantize.trt_compat import check_trt_compat
+
+    F, F16 = TensorProto.FLOAT, TensorProto.FLOAT16
     wf = numpy_helper.from_array(np.ones((4, 4), np.float32), "wf")
     mm32 = _graph([helper.make_node("MatMul", ["x", "wf"], ["y"], name="mm")], [x], [("y", F, [1, 4, 4])], [wf])
     mm16 = _graph(
@@ -353,6 +356,30 @@ def test_trt_compat_follows_each_versions_parser_rules():
     )
     assert [w["op"] for w in check_trt_compat(mm32, "11.4").warnings] == ["precision"]
     assert not check_trt_compat(mm32, "10.16").warnings and not check_trt_compat(mm16, "11.4").warnings
+
+
+def test_trt_compat_follows_each_versions_parser_rules():
+    """onnx-tensorrt operators.md / Changelog / importers per version (quantize/data/trt_ops_*.json `source`)."""
+    from quantize.trt_compat import check_trt_compat, resolve_version
+
+    F = TensorProto.FLOAT
+    x = ("x", F, [1, 4, 4])
+    # Gelu, Mish, CastLike: 'Y' (with importers) since onnx-tensorrt 10.0 GA, not only from 10.15
+    acts = _graph(
+        [
+            helper.make_node("Gelu", ["x"], ["a"], name="gelu"),
+            helper.make_node("Mish", ["a"], ["b"], name="mish"),
+            helper.make_node("CastLike", ["b", "x"], ["y"], name="castlike"),
+        ],
+        [x],
+        [("y", F, [1, 4, 4])],
+        opset=20,
+    )
+    report = check_trt_compat(acts, "10.3")
+    assert report.ok and not report.warnings, report.warnings
+    _check_axes_inputs_by_version(x)
+    _check_tensorrt_8_5_importers(x)
+    _check_strongly_typed_precision(x)
     assert [resolve_version(v) for v in ("10.16.1", "11.4.1", "11.5", "11.0", "10.13")] == [
         "10.16",
         "11.4",
@@ -368,7 +395,9 @@ def test_fp16_remainder_keeps_qdq_int8_and_fp32_islands(quantized, tmp_path):
 
     from foundation.errors import ConfigError
     from quantize.calibration import load_calibration
-    from quantize.qdq import fp16_remainder, head_nodes, quantize_qdq_int8, quantized_nodes
+    from quantize.qdq import head_nodes, quantize_qdq_int8
+    from quantize.qdq_fp16 import fp16_remainder
+    from quantize.qdq_graph import quantized_nodes
     from quantize.trt_compat import check_trt_compat
     from runtimes.export import FP16_KEEP_FLOAT32, read_onnx_metadata
 

@@ -9,8 +9,10 @@ import subprocess
 
 import pytest
 
-from benchmarks import report as rep_mod
-from benchmarks.report import assemble, pareto_front, render_markdown, write_report
+from benchmarks import report_plot as rep_mod
+from benchmarks.report import write_report
+from benchmarks.report_assembly import assemble, pareto_front
+from benchmarks.report_markdown import render_markdown
 
 
 def _val(name, label, runtime, precision, miou, diff, status="ok", gated=False, size=None, size_ref=None):

@@ -41,7 +41,7 @@ def tiny(tmp_path_factory):
     """A random `tiny` model: checkpoint, full-graph ONNX and OpenVINO IR, and the metadata they carry."""
     torch = pytest.importorskip("torch")
     from model import create_model
-    from model.ris import graph_specs
+    from model.graphs import graph_specs
     from model.weights import save_checkpoint
     from runtimes.export import export_openvino
 

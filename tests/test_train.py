@@ -22,10 +22,10 @@ from safetensors.torch import load_file
 from foundation.errors import CheckpointError, ConfigError, DataError, StageError
 from model import ModelError
 from pipeline.config import load_config
-from pipeline.stages.train import train
 from pipeline.training import data as td
 from pipeline.training import loop, objectives, optim
 from pipeline.training import state as ts
+from pipeline.training.jobs import train
 from pipeline.training.loop import build_model
 
 REPO = Path(__file__).resolve().parents[1]

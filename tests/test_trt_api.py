@@ -17,7 +17,8 @@ from onnx import TensorProto, helper, numpy_helper, save
 
 from foundation.errors import ArtifactError, ConfigError, RuntimeUnavailable
 from runtimes import tensorrt_build, tensorrt_rt
-from runtimes.tensorrt_build import BuildSettings, build_engine, default_strongly_typed, tensorrt_status
+from runtimes.tensorrt_build import build_engine, tensorrt_status
+from runtimes.tensorrt_settings import BuildSettings, default_strongly_typed
 
 try:
     from tests.fake_tensorrt import PLAN_MAGIC, VERSIONS, install, plan_of

@@ -20,7 +20,8 @@ import numpy as np
 
 from benchmarks.sampling import select
 from foundation.errors import DataError
-from pipeline.config import Config, DataConfig
+from pipeline.config import Config
+from pipeline.config_sections import DataConfig
 from pipeline.data.refer import ReferDataset, Sample, load_refer
 from pipeline.data.transforms import resize_mask
 from runtimes.image import preprocess_image

@@ -19,13 +19,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from pipeline.stage import CODE_MEASURING, StageContext, stage
-from pipeline.stages.quantize import threads_of
-from pipeline.stages.validate import UPSTREAM
+from pipeline.layout import RESULTS, TOKENIZER
+from pipeline.stage import CODE_MEASURING, MEASURED_UPSTREAM, StageContext, stage
+from runtimes.formats import FORMATS, MASK_OUTPUT, REFERENCE, SPLIT_GRAPHS
 
 log = logging.getLogger(__name__)
 
@@ -72,8 +73,7 @@ def _load_split(art: Any, full_rt: Any, threads: int | None) -> tuple[Any, Any, 
 
     if art.runtime == "torch":  # one checkpoint, three graphs sharing its weights
         return full_rt.graph("image_encoder"), full_rt.graph("text_encoder"), full_rt.graph("decoder")
-    return tuple(load_timed(art.runtime, art.split[g], art.device, threads) for g in ("image_encoder", "text_encoder",
-                                                                                       "decoder"))  # fmt: skip
+    return tuple(load_timed(art.runtime, art.split[g], art.device, threads) for g in SPLIT_GRAPHS)
 
 
 def bench_worker(
@@ -114,120 +114,173 @@ def bench_worker(
 
 @stage(
     "bench",
-    upstream=UPSTREAM,
+    upstream=MEASURED_UPSTREAM,
     sections=("data", "model", "bench", "device"),
     version="1",
     toolchain=("torch", "timm", "transformers", "tokenizers", "onnxruntime", "openvino", "tensorrt"),
-    code=(*CODE_MEASURING, "pipeline.stages.quantize", "pipeline.stages.validate"),
+    code=(*CODE_MEASURING, "benchmarks.roofline"),
     per_device=True,
 )
 def run_bench(ctx: StageContext) -> dict[str, Any]:
     """Time every artifact and write ``results.json``."""
-    from benchmarks.artifacts import REFERENCE, find_artifacts, load_artifact
-    from benchmarks.latency import (
-        BENCH_OPTIONS,
-        ISOLATION,
-        Worker,
-        describe_machine,
-        machine_info,
-        peak_rss_subprocess,
-        summarize,
-        time_interleaved,
-        time_isolated,
-        usable_cores,
-    )
-    from foundation.errors import PipelineError, RuntimeUnavailable
+    from benchmarks.artifacts import find_artifacts, load_runnable
+    from benchmarks.latency import BENCH_OPTIONS, ISOLATION, Worker, summarize, time_isolated
+    from benchmarks.machine import describe_machine, machine_info, usable_cores
     from foundation.io import atomic_write_json
-    from pipeline.data.dataset import open_dataset
-    from runtimes.processing import Processing
 
     cfg, b = ctx.cfg, ctx.cfg.bench
-    threads = threads_of(cfg) or usable_cores()  # explicit and the same for every runtime
+    threads = cfg.timing_threads() or usable_cores()  # explicit and the same for every runtime
     ks = sorted(set(b.expressions))
     machine = machine_info(threads, ISOLATION)
     log.info("bench: %s", describe_machine(machine))
-
     # 1. artifacts, runtimes, inputs
     arts = find_artifacts(ctx.upstream_dirs, cfg.device.precision, cfg.openvino_artifacts(cfg.export.openvino))
-    statuses = {a.name: a.status for a in arts if a.status}
-    loaded: dict[str, Any] = {}
-    for art in arts:
-        if art.name not in statuses:
-            try:
-                loaded[art.name] = load_artifact(art, threads=threads)
-            except RuntimeUnavailable as exc:
-                statuses[art.name] = f"unavailable: {exc}"
-            except PipelineError as exc:
-                statuses[art.name] = f"error: {exc}"
+    loaded, statuses = load_runnable(arts, threads)
     if not loaded:
         log.warning("bench: no artifact can run here: %s", statuses)
-    refer = open_dataset(cfg, ctx.upstream("data"))
-    rgb, texts, frame = pick_inputs(refer, list(cfg.data.eval_splits), max(ks))
-    tok_dir = ctx.upstream("export") / "tokenizer"
-    any_rt = loaded.get(REFERENCE) or next(iter(loaded.values()), None)
-    proc = Processing.from_metadata(any_rt.metadata if any_rt else {"img_size": 1, "max_tokens": 2},
-                                    tok_dir if tok_dir.is_dir() else None)  # fmt: skip
-    feeds = proc(rgb, texts[0])
-    np.savez(ctx.out / "inputs.npz", **feeds)
-    image, text_feeds = proc.image(rgb), [proc.text(t) for t in texts]
-
+    inputs = bench_inputs(ctx, loaded, max(ks))
     # 2. shared pre- and post-processing, once, in this process (no runtime thread pool involved)
-    logits = next(iter(loaded.values())).infer(feeds)["mask_logits"] if loaded else None
-    proc_fns: dict[str, Callable[[], Any]] = {"pre": lambda: proc(rgb, texts[0])}
-    if logits is not None:
-        proc_fns["post"] = lambda: proc.postprocess(logits, rgb.shape[:2])
-    proc_times, _ = time_interleaved(proc_fns, warmup=b.warmup, runs=b.runs)
-
+    proc_times = time_processing(inputs, loaded, b.warmup, b.runs)
     # 3. one run, one worker process per artifact (full graph and split-graph pipelines), workers taking turns
     split_keys = ["encode_image", "encode_text", "decode", *(f"k={k}" for k in ks)] if b.split_graph else None
     workers = {
-        art.name: Worker(bench_worker, (art, feeds, image, text_feeds, split_keys))
+        art.name: Worker(bench_worker, (art, inputs.feeds, inputs.image, inputs.text_feeds, split_keys))
         for art in arts
         if art.name in loaded
     }
     loaded.clear()  # the workers load their own copies; these only told which artifacts can run
     log.info("bench: %d artifacts, %d warm-up + %d runs each, %s, %d threads", len(workers), b.warmup, b.runs,
              ISOLATION, threads)  # fmt: skip
-    times, errors, timing = time_isolated(workers, warmup=b.warmup, runs=b.runs, threads=threads)
-    split_status: dict[str, str] = {}
-    for name in workers:
-        reported = timing["workers"].get(name, {})
-        if "split_status" in reported:
-            split_status[name] = reported["split_status"]
-        elif b.split_graph and name in errors:  # the worker itself failed
-            split_status[name] = f"error: {errors[name]}"
+    timed = time_isolated(workers, warmup=b.warmup, runs=b.runs, threads=threads)
+    # 4. rows, results, figures; the roofline column (FLOPs of each graph against this machine's GEMM peaks)
+    rows = bench_rows(ctx, arts, statuses, set(workers), timed, ks, threads)
+    times, timing = timed[0], timed[2]
+    peaks = add_roofline(ctx, arts, rows, threads)
+    out = {
+        "machine": machine,
+        "settings": {"warmup": b.warmup, "runs": b.runs, "threads": threads,
+                     "threads_source": "bench.threads / device.threads" if cfg.timing_threads() else "usable cores",
+                     "expressions": ks, "interleaved": True, "isolation": timing["isolation"],
+                     "start_method": timing["start_method"], "block": timing["block"], "rounds": timing["rounds"],
+                     "runtime_options": BENCH_OPTIONS, "batch": 1, "timer": "time.perf_counter"},
+        "frame": {**inputs.frame, "sentences": inputs.texts},
+        "processing": {k: summarize(v) for k, v in proc_times.items()},
+        "peaks": peaks,
+        "artifacts": rows,
+        "order": [a.name for a in arts],
+    }  # fmt: skip
+    atomic_write_json(ctx.out / RESULTS, out)
+    atomic_write_json(ctx.out / "raw_ms.json", {k: [round(x, 4) for x in v] for k, v in times.items()})
+    return bench_figures(rows, describe_machine(machine))
 
-    # 4. rows
+
+def add_roofline(ctx: StageContext, arts: list[Any], rows: dict[str, Any], threads: int) -> dict[str, Any]:
+    """Each timed artifact's FLOPs and its distance from the hardware floor (``rows[name]["roofline"]``); the GEMM
+    peaks measured here (after the timing, so they do not disturb it) are returned for the results."""
+    from benchmarks.roofline import count_flops, measure_peaks, roofline_row
+    from foundation.errors import PipelineError
+
+    timed = [a for a in arts if (rows[a.name].get("latency") or {}).get("p50_ms") and a.runtime != "tensorrt"]
+    if not timed:
+        return {}
+    peaks = measure_peaks(threads)
+    exported = ctx.upstream("export") / FORMATS["onnxruntime-fp32"].file
+    for art in timed:
+        try:
+            flops = count_flops(art.path, exported_onnx=exported)
+        except PipelineError as exc:  # a graph whose shapes are not static: a status, not a crash
+            rows[art.name]["roofline"] = {"status": f"error: {exc}"}
+            continue
+        rows[art.name]["roofline"] = roofline_row(flops, rows[art.name]["latency"]["p50_ms"], peaks, art.precision)
+    return peaks
+
+
+@dataclass
+class BenchInputs:
+    """The benchmark's batch-1 inputs: one real frame, real sentences, and their pre-processed feeds."""
+
+    proc: Any
+    rgb: np.ndarray
+    texts: list[str]
+    frame: dict[str, Any]
+    feeds: dict[str, np.ndarray]
+    image: dict[str, np.ndarray]
+    text_feeds: list[dict[str, np.ndarray]]
+
+
+def bench_inputs(ctx: StageContext, loaded: dict[str, Any], n_sentences: int) -> BenchInputs:
+    """The first evaluation frame and ``n_sentences`` real sentences, pre-processed once (saved as ``inputs.npz``)."""
+    from pipeline.data.dataset import open_dataset
+    from runtimes.processing import Processing
+
+    refer = open_dataset(ctx.cfg, ctx.upstream("data"))
+    rgb, texts, frame = pick_inputs(refer, list(ctx.cfg.data.eval_splits), n_sentences)
+    tok_dir = ctx.upstream("export") / TOKENIZER
+    any_rt = loaded.get(REFERENCE) or next(iter(loaded.values()), None)
+    proc = Processing.from_metadata(any_rt.metadata if any_rt else {"img_size": 1, "max_tokens": 2},
+                                    tok_dir if tok_dir.is_dir() else None)  # fmt: skip
+    feeds = proc(rgb, texts[0])
+    np.savez(ctx.out / "inputs.npz", **feeds)
+    return BenchInputs(proc, rgb, texts, frame, feeds, proc.image(rgb), [proc.text(t) for t in texts])
+
+
+def time_processing(inputs: BenchInputs, loaded: dict[str, Any], warmup: int, runs: int) -> dict[str, list[float]]:
+    """Pre-processing (and post-processing of one artifact's logits) timed interleaved in this process."""
+    from benchmarks.latency import time_interleaved
+
+    proc, rgb, text = inputs.proc, inputs.rgb, inputs.texts[0]
+    logits = next(iter(loaded.values())).infer(inputs.feeds)[MASK_OUTPUT] if loaded else None
+    fns: dict[str, Callable[[], Any]] = {"pre": lambda: proc(rgb, text)}
+    if logits is not None:
+        fns["post"] = lambda: proc.postprocess(logits, rgb.shape[:2])
+    return time_interleaved(fns, warmup=warmup, runs=runs)[0]
+
+
+def bench_rows(
+    ctx: StageContext,
+    arts: list[Any],
+    statuses: dict[str, str],
+    workers: set[str],
+    timed: tuple[Any, ...],
+    ks: list[int],
+    threads: int,
+) -> dict[str, Any]:
+    """One row per artifact: status, runtime settings, latency summary, peak RSS, split-graph costs.
+
+    ``workers`` names the artifacts that had a worker; ``timed`` is :func:`benchmarks.latency.time_isolated`'s
+    ``(times, errors, timing)``.
+    """
+    from benchmarks.latency import summarize
+    from benchmarks.peak_rss import peak_rss_subprocess
+
+    times, errors, timing = timed
     rows: dict[str, Any] = {}
     for art in arts:
         entry: dict[str, Any] = {**art.describe(), "status": statuses.get(art.name, "ok")}
         if art.name in errors:
             entry["status"] = f"error: {errors[art.name]}"
-        if art.name in timing["workers"]:
-            entry["runtime_settings"] = timing["workers"][art.name].get("runtime_settings", {})
+        reported = timing["workers"].get(art.name)
+        if reported is not None:
+            entry["runtime_settings"] = reported.get("runtime_settings", {})
         if entry["status"] == "ok":
             entry["latency"] = summarize(times[art.name])
-            if b.peak_rss:
+            if ctx.cfg.bench.peak_rss:
                 entry["peak_rss"] = peak_rss_subprocess(art.runtime, art.path, ctx.out / "inputs.npz", threads)
-        if art.name in split_status:
-            entry["split_graph"] = _split_entry(art.name, split_status[art.name], times, errors, ks, entry)
+        split_status = None
+        if art.name in workers and "split_status" in (reported or {}):
+            split_status = reported["split_status"]
+        elif art.name in workers and ctx.cfg.bench.split_graph and art.name in errors:
+            split_status = f"error: {errors[art.name]}"  # the worker itself failed
+        if split_status is not None:
+            entry["split_graph"] = _split_entry(art.name, split_status, times, errors, ks, entry)
         rows[art.name] = entry
+    return rows
+
+
+def bench_figures(rows: dict[str, Any], machine: str) -> dict[str, Any]:
+    """The manifest's figures: p50 and speed-up against PyTorch FP32 per artifact, the cost of one more expression."""
     ref_p50 = (rows.get(REFERENCE, {}).get("latency") or {}).get("p50_ms")
-    out = {
-        "machine": machine,
-        "settings": {"warmup": b.warmup, "runs": b.runs, "threads": threads,
-                     "threads_source": "bench.threads / device.threads" if threads_of(cfg) else "usable cores",
-                     "expressions": ks, "interleaved": True, "isolation": timing["isolation"],
-                     "start_method": timing["start_method"], "block": timing["block"], "rounds": timing["rounds"],
-                     "runtime_options": BENCH_OPTIONS, "batch": 1, "timer": "time.perf_counter"},
-        "frame": {**frame, "sentences": texts},
-        "processing": {k: summarize(v) for k, v in proc_times.items()},
-        "artifacts": rows,
-        "order": [a.name for a in arts],
-    }  # fmt: skip
-    atomic_write_json(ctx.out / "results.json", out)
-    atomic_write_json(ctx.out / "raw_ms.json", {k: [round(x, 4) for x in v] for k, v in times.items()})
-    figures: dict[str, Any] = {"machine": describe_machine(machine), "p50_ms": {}, "speedup": {}, "expression_cost": {}}
+    figures: dict[str, Any] = {"machine": machine, "p50_ms": {}, "speedup": {}, "expression_cost": {}}
     for name, e in rows.items():
         p50 = (e.get("latency") or {}).get("p50_ms")
         figures["p50_ms"][name] = p50

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from pipeline.layout import CALIBRATION
 from pipeline.stage import CODE_TRAINING, StageContext, stage
 
 log = logging.getLogger(__name__)
@@ -29,7 +30,7 @@ def run_calibrate(ctx: StageContext) -> dict[str, Any]:
     from foundation.io import atomic_write_json
     from model import resolve_spec
     from pipeline.data.dataset import open_dataset
-    from pipeline.stages.distill import deployed_model
+    from pipeline.training.jobs import deployed_model
     from quantize.calibration import (
         MIN_RECOMMENDED,
         build_arrays,
@@ -52,7 +53,7 @@ def run_calibrate(ctx: StageContext) -> dict[str, Any]:
     # 3. model inputs
     tok = TextTokenizer.from_dir(spec.text_dir, max_length=spec.max_tokens)
     arrays = build_arrays(refer, picked, tok, spec.img_size)
-    save_calibration(ctx.out / "calib.npz", arrays)
+    save_calibration(ctx.out / CALIBRATION, arrays)
     ids = [sample_id(s) for s in picked]
     atomic_write_json(ctx.out / "ids.json", {"split": cfg.data.train_split, "ids": ids})
     log.info("calibrate: %d samples from %s (%s)", len(ids), cfg.data.train_split, strata(refer, picked)["kind"])

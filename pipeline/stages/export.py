@@ -17,11 +17,13 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.layout import TOKENIZER
 from pipeline.stage import CODE_TRAINING, StageContext, stage
+from runtimes.export import torch_outputs
+from runtimes.formats import FORMATS, SPLIT_GRAPHS
 
 log = logging.getLogger(__name__)
 
-SPLIT_GRAPHS = ("image_encoder", "text_encoder", "decoder")
 PARITY_SPLIT = "val"
 
 
@@ -38,8 +40,8 @@ def describe(ctx: StageContext, model: Any, checkpoint: Path, graph: str) -> dic
         "image_mean": list(spec.image_mean),
         "image_std": list(spec.image_std),
         "threshold": ctx.cfg.model.threshold,
-        "tokenizer": "tokenizer",  # folder beside the artifact
-        "tokenizer_dir": str(ctx.out.parent / ctx.name / "tokenizer"),  # where the runner puts the finished stage
+        "tokenizer": TOKENIZER,  # folder beside the artifact
+        "tokenizer_dir": str(ctx.layout.stage_dir(ctx.name) / TOKENIZER),  # where the runner puts the finished stage
         "token_dtype": "int32",
         "spec": spec.to_dict(),
         "config_hash": ctx.cfg.digest(["model", "export"]),
@@ -60,20 +62,6 @@ def parity_feeds(ctx: StageContext, model: Any, n: int) -> list[dict[str, np.nda
     for inputs, _gt, _sample in iter_eval(refer, split, tok, model.spec.img_size, limit=n):
         feeds.append({k: (v.astype(np.int32) if v.dtype.kind == "i" else v) for k, v in inputs.items()})
     return feeds
-
-
-def torch_outputs(graph: Any, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Run a ``model.GraphSpec`` in PyTorch on numpy feeds (tokens cast to int64 as the model expects)."""
-    import torch
-
-    args = [
-        torch.from_numpy(feeds[n].astype(np.int64) if feeds[n].dtype.kind == "i" else feeds[n])
-        for n in graph.input_names
-    ]
-    with torch.no_grad():
-        out = graph.module(*args)
-    out = out if isinstance(out, tuple) else (out,)
-    return {n: o.numpy() for n, o in zip(graph.output_names, out, strict=True)}
 
 
 def graph_feeds(graphs: dict[str, Any], full_feeds: dict[str, np.ndarray]) -> dict[str, dict[str, np.ndarray]]:
@@ -109,100 +97,112 @@ def max_abs_diff(runtime: Any, graph: Any, feeds: list[dict[str, np.ndarray]], g
 )
 def run_export(ctx: StageContext) -> dict[str, Any]:
     """Export, check against PyTorch, and describe every artifact."""
-    import onnx
-
     from model import graph_specs, load_checkpoint
-    from pipeline.stages.distill import deployed_checkpoint
-    from quantize.trt_compat import check_trt_compat, decompose_layernorm, load_op_list, resolve_version
-    from runtimes import get_runtime
-    from runtimes.export import copy_tokenizer, export_fp16_onnx, export_onnx, export_openvino, file_size
+    from pipeline.layout import deployed_checkpoint
+    from runtimes.export import copy_tokenizer
 
     cfg = ctx.cfg
-    # 1. the trained model
-    checkpoint = deployed_checkpoint(ctx.upstream_dirs)  # the distilled student when distill ran
+    # 1. the trained model (the distilled student when distill ran) and the graphs to export
+    checkpoint = deployed_checkpoint(ctx.upstream_dirs)
     model, _meta = load_checkpoint(checkpoint)
     model.eval()
     graphs = graph_specs(model)
-    names = ["full", *(SPLIT_GRAPHS if cfg.export.split_graphs else ())]
-    graphs = {n: graphs[n] for n in names}
-    opset = cfg.export.opset or cfg.device.opset
-    trt = resolve_version(cfg.device.trt_version) if cfg.device.backend == "tensorrt" else None
-    needs_ln_split = trt is not None and "LayerNormalization" not in load_op_list(trt)["supported"]
-
-    # 2. ONNX FP32 per graph (+ LayerNorm decomposition for old TensorRT parsers)
-    figures: dict[str, Any] = {"opset_requested": opset, "artifacts": {}, "trt_compat": {}}
+    graphs = {n: graphs[n] for n in ["full", *(SPLIT_GRAPHS if cfg.export.split_graphs else ())]}
     feeds = parity_feeds(ctx, model, cfg.export.parity_samples)
-    figures["parity_samples"] = len(feeds)
-    ort_rt = get_runtime("onnxruntime")
+    figures: dict[str, Any] = {"opset_requested": cfg.export.opset or cfg.device.opset, "artifacts": {},
+                               "trt_compat": {}, "parity_samples": len(feeds)}  # fmt: skip
+    # 2. ONNX FP32 per graph (+ LayerNorm decomposition for old TensorRT parsers)
     for name, graph in graphs.items():
-        example = dict(zip(graph.input_names, graph.example_inputs(), strict=True))
-        path = export_onnx(
-            graph.module,
-            example,
-            graph.output_names,
-            ctx.out / f"{name}.onnx",
-            opset=opset,
-            metadata=describe(ctx, model, checkpoint, name),
+        meta = describe(ctx, model, checkpoint, name)
+        figures["artifacts"][f"{name}.onnx"], figures["trt_compat"][f"{name}.onnx"] = export_graph(
+            ctx, graph, graphs, feeds, meta
         )
-        if needs_ln_split:
-            proto, count = decompose_layernorm(onnx.load(str(path)))
-            onnx.save(proto, str(path))
-            log.info("export: %d LayerNormalization nodes decomposed for TensorRT %s", count, trt)
-        ort_rt.load(path, threads=cfg.device.threads)
-        meta = ort_rt.metadata
-        figures["artifacts"][f"{name}.onnx"] = {
-            "format": "onnx",
-            "precision": "fp32",
-            "opset": int(meta["opset"]),
-            "exporter": meta["exporter"],
-            "size_mb": round(file_size(path) / 1e6, 3),
-            "parity_max_abs": max_abs_diff(ort_rt, graph, feeds, graphs),
-        }
-        report = check_trt_compat(path, trt)
-        figures["trt_compat"][f"{name}.onnx"] = {
-            "ok": report.ok,
-            "tensorrt": report.tensorrt,
-            "errors": report.errors[:20],
-            "warnings": len(report.warnings),
-        }
-        if trt is not None:
-            report.raise_for_errors()  # a TensorRT device: fail here, not in trtexec on the robot
-
     # 3. OpenVINO IR FP32 from the ONNX (keeps input names); compiled with f32 precision for the parity check
     if cfg.openvino_artifacts(cfg.export.openvino):
-        ov_rt = get_runtime("openvino")
         for name, graph in graphs.items():
-            xml = export_openvino(ctx.out / f"{name}.onnx", ctx.out / f"{name}.xml")
-            ov_rt.load(xml, threads=cfg.device.threads)
-            figures["artifacts"][f"{name}.xml"] = {
-                "format": "openvino",
-                "precision": "fp32",
-                "size_mb": round(file_size(xml) / 1e6, 3),
-                "parity_max_abs": max_abs_diff(ov_rt, graph, feeds, graphs),
-            }
-
+            figures["artifacts"][f"{name}.xml"] = export_ir(ctx, name, graph, graphs, feeds)
     # 4. FP16 ONNX for TensorRT (overflow-prone ops kept FP32); parity is informative (FP16 is not FP32)
     if cfg.export.fp16:
-        half = export_fp16_onnx(ctx.out / "full.onnx", ctx.out / "full_fp16.onnx")
-        entry: dict[str, Any] = {"format": "onnx", "precision": "fp16", "size_mb": round(file_size(half) / 1e6, 3)}
-        try:
-            entry["parity_max_abs"] = max_abs_diff(ort_rt.load(half), graphs["full"], feeds, graphs)
-        except Exception as exc:  # ONNX Runtime CPU lacks some FP16 kernels; TensorRT is the target anyway
-            entry["parity_max_abs"] = None
-            entry["parity_note"] = f"not runnable on ONNX Runtime CPU: {type(exc).__name__}"
-        figures["artifacts"]["full_fp16.onnx"] = entry
-
+        figures["artifacts"][FORMATS["onnx-fp16"].file] = export_half(ctx, graphs, feeds)
     # 5. tokenizer files beside the artifacts
-    figures["tokenizer_files"] = copy_tokenizer(model.spec.text_dir, ctx.out / "tokenizer")
-    worst = max(
-        (
-            a["parity_max_abs"]
-            for a in figures["artifacts"].values()
-            if a["precision"] == "fp32" and a.get("parity_max_abs") is not None
-        ),
-        default=0.0,
-    )
-    figures["parity_max_abs_fp32"] = worst
+    figures["tokenizer_files"] = copy_tokenizer(model.spec.text_dir, ctx.out / TOKENIZER)
+    fp32 = [a["parity_max_abs"] for a in figures["artifacts"].values() if a["precision"] == "fp32"]
+    figures["parity_max_abs_fp32"] = worst = max((p for p in fp32 if p is not None), default=0.0)
     if worst > cfg.export.parity_atol:
         log.warning("export: FP32 parity %.2e exceeds export.parity_atol %.1e", worst, cfg.export.parity_atol)
     return figures
+
+
+def export_graph(
+    ctx: StageContext, graph: Any, graphs: dict[str, Any], feeds: list[dict[str, np.ndarray]], meta: dict[str, Any]
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """One graph as ONNX FP32 (LayerNorm decomposed where the profile's TensorRT parser lacks it), its parity
+    against PyTorch and its TensorRT compatibility.
+
+    Raises:
+        ArtifactError: a TensorRT device profile whose parser would refuse the graph (fail here, not on the robot).
+    """
+    import onnx
+
+    from quantize.trt_compat import check_trt_compat, decompose_layernorm, load_op_list, resolve_version
+    from runtimes import get_runtime
+    from runtimes.export import export_onnx, file_size
+
+    cfg = ctx.cfg
+    trt = resolve_version(cfg.device.trt_version) if cfg.device.backend == "tensorrt" else None
+    example = dict(zip(graph.input_names, graph.example_inputs(), strict=True))
+    path = export_onnx(graph.module, example, graph.output_names, ctx.out / f"{graph.name}.onnx",
+                       opset=cfg.export.opset or cfg.device.opset, metadata=meta)  # fmt: skip
+    if trt is not None and "LayerNormalization" not in load_op_list(trt)["supported"]:
+        proto, count = decompose_layernorm(onnx.load(str(path)))
+        onnx.save(proto, str(path))
+        log.info("export: %d LayerNormalization nodes decomposed for TensorRT %s", count, trt)
+    ort_rt = get_runtime("onnxruntime").load(path, threads=cfg.device.threads)
+    entry = {
+        "format": "onnx",
+        "precision": "fp32",
+        "opset": int(ort_rt.metadata["opset"]),
+        "exporter": ort_rt.metadata["exporter"],
+        "size_mb": round(file_size(path) / 1e6, 3),
+        "parity_max_abs": max_abs_diff(ort_rt, graph, feeds, graphs),
+    }
+    report = check_trt_compat(path, trt)
+    if trt is not None:
+        report.raise_for_errors()
+    compat = {"ok": report.ok, "tensorrt": report.tensorrt, "errors": report.errors[:20],
+              "warnings": len(report.warnings)}  # fmt: skip
+    return entry, compat
+
+
+def export_ir(
+    ctx: StageContext, name: str, graph: Any, graphs: dict[str, Any], feeds: list[dict[str, np.ndarray]]
+) -> dict[str, Any]:
+    """One graph's OpenVINO IR FP32, converted from its ONNX, with its parity against PyTorch."""
+    from runtimes import get_runtime
+    from runtimes.export import export_openvino, file_size
+
+    xml = export_openvino(ctx.out / f"{name}.onnx", ctx.out / f"{name}.xml")
+    ov_rt = get_runtime("openvino").load(xml, threads=ctx.cfg.device.threads)
+    return {
+        "format": "openvino",
+        "precision": "fp32",
+        "size_mb": round(file_size(xml) / 1e6, 3),
+        "parity_max_abs": max_abs_diff(ov_rt, graph, feeds, graphs),
+    }
+
+
+def export_half(ctx: StageContext, graphs: dict[str, Any], feeds: list[dict[str, np.ndarray]]) -> dict[str, Any]:
+    """The FP16 ONNX (the TensorRT FP16 engine's source) and, where ONNX Runtime CPU runs it, its parity."""
+    from runtimes import get_runtime
+    from runtimes.export import export_fp16_onnx, file_size
+
+    full = ctx.out / FORMATS["onnxruntime-fp32"].file
+    half = export_fp16_onnx(full, ctx.out / FORMATS["onnx-fp16"].file)
+    entry: dict[str, Any] = {"format": "onnx", "precision": "fp16", "size_mb": round(file_size(half) / 1e6, 3)}
+    try:
+        rt = get_runtime("onnxruntime").load(half)
+        entry["parity_max_abs"] = max_abs_diff(rt, graphs["full"], feeds, graphs)
+    except Exception as exc:  # ONNX Runtime CPU lacks some FP16 kernels; TensorRT is the target anyway
+        entry["parity_max_abs"] = None
+        entry["parity_note"] = f"not runnable on ONNX Runtime CPU: {type(exc).__name__}"
+    return entry

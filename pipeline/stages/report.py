@@ -15,12 +15,12 @@ run until the artifacts change, never silently passing from a cache.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from pipeline.config import Config
-from pipeline.stage import CODE_EVALUATION, StageContext, stage
+from pipeline.layout import GALLERY, RESULTS, stage_figures
+from pipeline.stage import CODE_REPORTING, StageContext, stage
 
 COMMANDS = (
     "make bench CONFIG={config} DEVICE={device}    # or: python -m pipeline run -c {config} --device {device} "
@@ -29,12 +29,6 @@ COMMANDS = (
     "--stages report",
     "python -m benchmarks screenshot {html}   # headless Chromium rendering to PNG",
 )
-
-
-def stage_figures(folder: Path) -> dict[str, Any]:
-    """The ``figures`` of a finished stage's manifest (empty when absent)."""
-    path = folder / "manifest.json"
-    return json.loads(path.read_text()).get("figures", {}) if path.is_file() else {}
 
 
 def fallback_nodes(quant: dict[str, Any]) -> dict[str, list[str]]:
@@ -68,10 +62,11 @@ def build_report(cfg: Config, validate_dir: Path, bench_dir: Path, quantize_dir:
         final: the report stage's folder, named in the report's commands.
     """
     from benchmarks.gallery import read_gallery
-    from benchmarks.report import assemble, load_json
+    from benchmarks.report import load_json
+    from benchmarks.report_assembly import assemble
 
-    validation = load_json(validate_dir / "results.json")
-    bench = load_json(bench_dir / "results.json")
+    validation = load_json(validate_dir / RESULTS)
+    bench = load_json(bench_dir / RESULTS)
     quant = {"fallback": fallback_nodes(stage_figures(quantize_dir))}
     config = "configs/<your config>.yaml" if cfg.run.name != "demo" else "configs/demo.yaml"
     context = {
@@ -83,7 +78,7 @@ def build_report(cfg: Config, validate_dir: Path, bench_dir: Path, quantize_dir:
         "commands": [c.format(config=config, device=cfg.device.name, html=final / "report.html") for c in COMMANDS],
     }
     rep = assemble(validation, bench, quant, context)
-    rep["gallery"] = read_gallery(validate_dir / "gallery")
+    rep["gallery"] = read_gallery(validate_dir / GALLERY)
     return rep
 
 
@@ -92,16 +87,16 @@ def build_report(cfg: Config, validate_dir: Path, bench_dir: Path, quantize_dir:
     upstream=("validate", "bench", "quantize"),
     sections=("device", "quant", "validate", "bench"),
     version="1",
-    code=(*CODE_EVALUATION, "benchmarks.gallery", "benchmarks.latency", "benchmarks.report"),
+    code=CODE_REPORTING,
     per_device=True,
 )
 def run_report(ctx: StageContext) -> dict[str, Any]:
     """Assemble validation, benchmark and quantization results into report.md / .html / .json and the plot."""
     from benchmarks.report import write_report
 
-    final = ctx.run_dir / "devices" / ctx.cfg.device.name / "report"
+    final = ctx.layout.stage_dir(ctx.name)  # where the runner puts this stage's outputs (named in the report)
     rep = build_report(ctx.cfg, ctx.upstream("validate"), ctx.upstream("bench"), ctx.upstream("quantize"), final)
-    paths = write_report(rep, ctx.out, ctx.upstream("validate") / "gallery")
+    paths = write_report(rep, ctx.out, ctx.upstream("validate") / GALLERY)
     return {
         "files": sorted(p.name for p in paths.values()),
         "statuses": {r["name"]: r["status"] for r in rep["rows"]},
@@ -116,7 +111,7 @@ def run_report(ctx: StageContext) -> dict[str, Any]:
     upstream=("validate", "report"),
     sections=("quant", "validate"),
     version="1",
-    code=(*CODE_EVALUATION, "benchmarks.gallery", "benchmarks.latency", "benchmarks.report"),
+    code=CODE_REPORTING,
     per_device=True,
 )
 def run_gate(ctx: StageContext) -> dict[str, Any]:
@@ -128,7 +123,7 @@ def run_gate(ctx: StageContext) -> dict[str, Any]:
     from benchmarks.report import load_json
     from foundation.errors import StageError
 
-    validation = load_json(ctx.upstream("validate") / "results.json") or {}
+    validation = load_json(ctx.upstream("validate") / RESULTS) or {}
     budget = validation.get("budget_miou_points")
     lines = []
     for name, entry in validation.get("artifacts", {}).items():

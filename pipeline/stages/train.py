@@ -7,23 +7,9 @@ Usage: ``python -m pipeline run --config configs/demo.yaml --stages train`` (or,
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
-from pipeline.config import Config
 from pipeline.stage import CODE_TRAINING, StageContext, stage
-
-
-def train(cfg: Config, data_dir: Path, out: Path) -> dict[str, Any]:
-    """Train ``cfg.model`` against the ground truth (:func:`~pipeline.training.objectives.seg_task`) into ``out``.
-
-    Returns:
-        The training figures (see :func:`pipeline.training.loop.fit`).
-    """
-    from pipeline.training.loop import fit
-    from pipeline.training.objectives import seg_task
-
-    return fit(cfg, data_dir, out, seg_task(cfg.train))
 
 
 @stage(
@@ -37,4 +23,6 @@ def train(cfg: Config, data_dir: Path, out: Path) -> dict[str, Any]:
 )
 def run_train(ctx: StageContext) -> dict[str, Any]:
     """Write ``best.safetensors`` + ``best.json``, ``last/``, ``metrics.jsonl``; return the training figures."""
+    from pipeline.training.jobs import train
+
     return train(ctx.cfg, ctx.upstream("data"), ctx.out)

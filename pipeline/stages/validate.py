@@ -14,19 +14,15 @@ Raising here instead would leave no manifest and no report: the user would see a
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import logging
 from typing import Any
 
-from pipeline.stage import CODE_EVALUATION, StageContext, stage
+from pipeline.layout import GALLERY, RESULTS, TOKENIZER, TUNING_IDS
+from pipeline.stage import CODE_EVALUATION, MEASURED_UPSTREAM, StageContext, stage
+from runtimes.formats import REFERENCE
 
 log = logging.getLogger(__name__)
-
-# the build stage (TensorRT engines) is optional: a checkout without it still validates and benchmarks
-UPSTREAM = ("data", "train", "distill", "export", "quantize") + (
-    ("build",) if importlib.util.find_spec("pipeline.stages.build") else ()
-)
 
 
 def gate_verdict(entry: dict[str, Any], budget: float, gate_on: str) -> bool:
@@ -42,7 +38,7 @@ def gate_verdict(entry: dict[str, Any], budget: float, gate_on: str) -> bool:
 
 @stage(
     "validate",
-    upstream=UPSTREAM,
+    upstream=MEASURED_UPSTREAM,
     sections=("data", "model", "quant", "validate", "device"),  # not bench: its settings do not change accuracy
     version="1",
     toolchain=("torch", "timm", "transformers", "tokenizers", "onnxruntime", "openvino", "tensorrt"),
@@ -52,55 +48,78 @@ def gate_verdict(entry: dict[str, Any], budget: float, gate_on: str) -> bool:
         "benchmarks.artifacts",
         "benchmarks.gallery",
         "benchmarks.latency",
-        "pipeline.stages.quantize",
+        "benchmarks.machine",
         "quantize",
     ),
     per_device=True,
 )
 def run_validate(ctx: StageContext) -> dict[str, Any]:
     """Score every artifact in lockstep with the FP32 reference and write ``results.json``."""
-    from benchmarks.accuracy import eval_samples, evaluate, sample_key, selected_samples, summarize
-    from benchmarks.artifacts import REFERENCE, find_artifacts, load_artifact
-    from foundation.errors import ArtifactError, PipelineError, RuntimeUnavailable, StageError
+    from benchmarks.artifacts import find_artifacts, load_runnable
+    from foundation.errors import StageError
     from foundation.io import atomic_write_json
     from pipeline.data.dataset import open_dataset
-    from pipeline.stages.quantize import TUNING_IDS
-    from runtimes.processing import Processing
 
     cfg = ctx.cfg
     threads = cfg.device.threads  # accuracy does not depend on it; bench.threads stays out of this stage's key
-    budget, gate_on = cfg.quant.budget_miou, cfg.validate_.gate_on
-
     # 1. artifacts and their runtimes; what cannot load becomes a row with a status
     arts = find_artifacts(ctx.upstream_dirs, cfg.device.precision, cfg.openvino_artifacts(cfg.export.openvino))
-    statuses: dict[str, str] = {a.name: a.status for a in arts if a.status}
-    loaded: dict[str, Any] = {}
-    for art in arts:
-        if art.name in statuses:
-            continue
-        try:
-            loaded[art.name] = load_artifact(art, threads=threads)
-        except RuntimeUnavailable as exc:
-            statuses[art.name] = f"unavailable: {exc}"
-        except (ArtifactError, PipelineError) as exc:
-            statuses[art.name] = f"error: {exc}"
+    loaded, statuses = load_runnable(arts, threads)
     if REFERENCE not in loaded:
         raise StageError(f"validate: the PyTorch FP32 reference cannot run: {statuses.get(REFERENCE)}")
-
     # 2. one pre-processing for all: every artifact must describe the same one as the reference
-    tok_dir = ctx.upstream("export") / "tokenizer"
+    proc = common_processing(ctx, loaded, statuses)
+    # 3. lockstep evaluation over the eval splits, then drops with bootstrap CIs
+    refer = open_dataset(cfg, ctx.upstream("data"))
+    scored = score_artifacts(ctx, refer, loaded, arts, proc)
+    # 4. rows, pass/fail, files
+    rows, failed = result_rows(arts, statuses, scored["summary"], cfg.quant.budget_miou, cfg.validate_.gate_on)
+    for name, result in scored["results"].items():
+        if name in rows and not result.error:
+            atomic_write_json(ctx.out / "samples" / f"{name}.json", result.metrics.state_dict())
+    out = {
+        "reference": REFERENCE,
+        "budget_miou_points": cfg.quant.budget_miou,
+        "target_miou_points": cfg.quant.target_miou,
+        "gate_on": cfg.validate_.gate_on,
+        "eval_splits": scored["splits"],
+        "n_samples": len(scored["results"][REFERENCE].metrics),
+        "excluded_tuning_samples": scored["excluded"],
+        "protocol": f"original resolution, bilinear upsampling, sigmoid ≥ {proc.threshold}",
+        "processing": proc.describe(),
+        "threads": threads,
+        "artifacts": rows,
+        "order": [a.name for a in arts],
+    }
+    atomic_write_json(ctx.out / RESULTS, out)
+    # 5. the mask gallery: the samples where the artifacts depart most from the FP32 masks, drawn again
+    if cfg.validate_.gallery:
+        write_validation_gallery(loaded, arts, scored["results"], refer, proc, cfg.validate_.gallery, ctx.out / GALLERY)
+    return figures_of(rows, out["n_samples"], cfg.quant.budget_miou, failed)
+
+
+def common_processing(ctx: StageContext, loaded: dict[str, Any], statuses: dict[str, str]) -> Any:
+    """The reference's pre-processing; an artifact that describes another one is dropped with an error status."""
+    from runtimes.processing import Processing
+
+    tok_dir = ctx.upstream("export") / TOKENIZER
     proc = Processing.from_metadata(loaded[REFERENCE].metadata, tok_dir if tok_dir.is_dir() else None)
-    proc.threshold = cfg.model.threshold  # a checkpoint need not record it; exported artifacts do, and must agree
+    proc.threshold = ctx.cfg.model.threshold  # a checkpoint need not record it; exported artifacts do, and must agree
     for name, rt in list(loaded.items()):
         other = Processing.from_metadata(rt.metadata)
         if other.signature() != proc.signature():
             statuses[name] = f"error: pre-processing {other.describe()} differs from the reference's {proc.describe()}"
             del loaded[name]
+    return proc
 
-    # 3. lockstep evaluation over the eval splits, then drops with bootstrap CIs
-    refer = open_dataset(cfg, ctx.upstream("data"))
+
+def score_artifacts(ctx: StageContext, refer: Any, loaded: dict[str, Any], arts: list[Any], proc: Any) -> dict:
+    """Every loaded artifact on the evaluation samples (less the INT8 fallback's tuning samples, which would flatter
+    the gate), FP32 exports on their subset; per-artifact results and their summary against the reference."""
+    from benchmarks.accuracy import eval_samples, evaluate, sample_key, selected_samples, summarize
+
+    cfg = ctx.cfg
     splits = [s for s in cfg.data.eval_splits if s in refer.splits]
-    # samples the INT8 fallback was tuned on would flatter the gate: leave them out
     tuning = ctx.upstream_dirs.get("quantize", ctx.out) / TUNING_IDS
     tuned = json.loads(tuning.read_text())["ids"] if tuning.is_file() else []
     samples = eval_samples(refer, splits, proc, cfg.validate_.max_samples, exclude=tuned)
@@ -108,8 +127,13 @@ def run_validate(ctx: StageContext) -> dict[str, Any]:
     only = fp32_subsets(loaded, arts, [sample_key(split, s) for split, s in chosen], cfg.validate_.fp32_max_samples)
     results = evaluate(loaded, samples, REFERENCE, processing=proc, only=only)
     summary = summarize(results, REFERENCE, n_boot=cfg.validate_.bootstrap, seed=cfg.run.seed)
+    return {"splits": splits, "excluded": len(tuned), "results": results, "summary": summary}
 
-    # 4. rows, pass/fail, files
+
+def result_rows(
+    arts: list[Any], statuses: dict[str, str], summary: dict[str, Any], budget: float, gate_on: str
+) -> tuple[dict[str, Any], list[str]]:
+    """One row per artifact (description, metrics, drop, status); gated ones over the budget fail validation."""
     rows: dict[str, Any] = {}
     failed = []
     for art in arts:
@@ -122,34 +146,18 @@ def run_validate(ctx: StageContext) -> dict[str, Any]:
                 entry["status"] = "validation failed"
                 failed.append(art.name)
         rows[art.name] = entry
-        if art.name in results and not results[art.name].error:
-            atomic_write_json(ctx.out / "samples" / f"{art.name}.json", results[art.name].metrics.state_dict())
-    out = {
-        "reference": REFERENCE,
-        "budget_miou_points": budget,
-        "target_miou_points": cfg.quant.target_miou,
-        "gate_on": gate_on,
-        "eval_splits": splits,
-        "n_samples": len(results[REFERENCE].metrics),
-        "excluded_tuning_samples": len(tuned),
-        "protocol": f"original resolution, bilinear upsampling, sigmoid ≥ {proc.threshold}",
-        "processing": proc.describe(),
-        "threads": threads,
-        "artifacts": rows,
-        "order": [a.name for a in arts],
-    }
-    atomic_write_json(ctx.out / "results.json", out)
+    return rows, failed
 
-    # 5. the mask gallery: the samples where the artifacts depart most from the FP32 masks, drawn again
-    if cfg.validate_.gallery:
-        write_validation_gallery(loaded, arts, results, refer, proc, cfg.validate_.gallery, ctx.out / "gallery")
+
+def figures_of(rows: dict[str, Any], n_samples: int, budget: float, failed: list[str]) -> dict[str, Any]:
+    """The manifest's figures (and one log line per artifact)."""
     for name, entry in rows.items():
         drop = (entry.get("drop_vs_reference") or {}).get("mIoU", {})
         log.info("validate: %-18s %-22s mIoU %s, drop %s points", name, entry["status"][:22],
                  _fmt((entry.get("metrics") or {}).get("overall", {}).get("mIoU")),
                  _fmt(None if not drop else round(-100 * drop["diff"], 4)))  # fmt: skip
     return {
-        "n_samples": out["n_samples"],
+        "n_samples": n_samples,
         "budget_miou_points": budget,
         "failed": failed,
         "statuses": {n: e["status"] for n, e in rows.items()},
@@ -162,7 +170,6 @@ def run_validate(ctx: StageContext) -> dict[str, Any]:
 
 def fp32_subsets(loaded: dict[str, Any], arts: list[Any], sample_ids: list[str], limit: int | None) -> dict[str, Any]:
     """name → the sample ids of each FP32 export other than the reference: ``limit`` per split, spread evenly."""
-    from benchmarks.artifacts import REFERENCE
     from benchmarks.sampling import select
 
     if limit is None:
@@ -178,7 +185,6 @@ def write_validation_gallery(
     loaded: dict[str, Any], arts: list[Any], results: dict[str, Any], refer: Any, proc: Any, n: int, out: Any
 ) -> dict[str, Any]:
     """Pick ``n`` samples by agreement with the reference (lowest first) and write their pictures to ``out``."""
-    from benchmarks.artifacts import REFERENCE
     from benchmarks.gallery import gallery_rows, gallery_samples, pick_samples, write_gallery
 
     scored = {name: r for name, r in results.items() if name in loaded and not r.error}

@@ -31,7 +31,8 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from foundation.errors import StageError
 from foundation.io import atomic_write_json, atomic_write_text
-from pipeline.config import Config, ModelConfig
+from pipeline.config import Config
+from pipeline.config_sections import ModelConfig
 from pipeline.training import data as td
 from pipeline.training import distributed as tdist
 from pipeline.training import optim
@@ -177,7 +178,7 @@ def fit(cfg: Config, data_dir: Path, out: Path, task: Task) -> dict[str, Any]:
 
     Args:
         cfg: the resolved config (for distillation: the student's config, see
-            :func:`pipeline.stages.distill.student_config`).
+            :func:`pipeline.training.jobs.student_config`).
         data_dir: the ``data`` stage's output folder.
         out: where checkpoints, curves and logs go (the stage's work folder).
         task: the objective to optimise around the model (:func:`~pipeline.training.objectives.seg_task`,

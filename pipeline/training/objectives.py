@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from foundation.errors import CheckpointError
-from pipeline.config import DistillConfig, TrainConfig
+from pipeline.config_sections import DistillConfig, TrainConfig
 from pipeline.training.data import TEACHER_KEYS, with_teacher_inputs
 
 

@@ -19,7 +19,6 @@ the previous complete state or the new one (:func:`find_state` looks at both).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import random
@@ -34,7 +33,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from foundation.errors import CheckpointError
-from foundation.io import atomic_write_json, fsync_dir, sha256_file
+from foundation.io import atomic_write_json, fsync_dir, json_digest, sha256_file
 
 STATE_JSON = "state.json"
 MODEL_PREFIX = "model"  # model.safetensors + model.json
@@ -99,7 +98,7 @@ def run_identity(cfg_sections: dict[str, Any], variant: str) -> dict[str, Any]:
 
 
 def _digest(tree: Any) -> str:
-    return hashlib.sha256(json.dumps(tree, sort_keys=True).encode()).hexdigest()[:12]
+    return json_digest(tree)[:12]
 
 
 def _leaf_diff(old: Any, new: Any, prefix: str = "") -> list[str]:

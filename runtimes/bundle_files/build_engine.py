@@ -23,15 +23,9 @@ from typing import Any
 from common import Bundle, PipelineError, fail
 
 from foundation.errors import ArtifactError
-from runtimes.tensorrt_build import (
-    BuildSettings,
-    build_engine,
-    describe_placement,
-    device_settings,
-    float_remainder,
-    record_placement,
-    write_sidecar,
-)
+from runtimes.tensorrt_build import build_engine, write_sidecar
+from runtimes.tensorrt_placement import describe_placement, record_placement
+from runtimes.tensorrt_settings import BuildSettings, device_settings, float_remainder
 
 
 def model_description(bundle: Bundle, precision: str) -> dict[str, Any]:

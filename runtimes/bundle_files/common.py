@@ -23,11 +23,12 @@ sys.path.insert(0, str(HERE / "lib"))
 from foundation.errors import ArtifactError, PipelineError  # noqa: E402
 from foundation.io import sha256_file  # noqa: E402
 from runtimes.base import get_runtime  # noqa: E402
+from runtimes.formats import DEVICE_BACKENDS, MASK_OUTPUT  # noqa: E402
 from runtimes.image import read_image as _read_image  # noqa: E402
+from runtimes.predict import segment_to_files  # noqa: E402
 from runtimes.processing import Processing  # noqa: E402
-from runtimes.visualize import save_mask_and_overlay  # noqa: E402
 
-BACKENDS = ("tensorrt", "onnxruntime", "openvino")
+BACKENDS = DEVICE_BACKENDS  # the --backend choices of the scripts
 log = logging.getLogger("bundle")
 
 
@@ -215,10 +216,11 @@ def fail(exc: Exception) -> int:
 __all__ = [
     "BACKENDS",
     "ArtifactError",
+    "MASK_OUTPUT",
     "Bundle",
     "PipelineError",
     "check_engine_source",
     "fail",
     "read_image",
-    "save_mask_and_overlay",
+    "segment_to_files",
 ]

@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
-from common import BACKENDS, Bundle, PipelineError, fail, read_image, save_mask_and_overlay
+from common import BACKENDS, Bundle, PipelineError, fail, read_image, segment_to_files
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -29,18 +28,8 @@ def main(argv: list[str] | None = None) -> int:
         precision = args.precision or bundle.precisions[0]
         rgb = read_image(args.image)  # before the (slower) model load: a bad image fails fast
         rt = bundle.runtime(args.backend, precision, args.threads)
-        proc = bundle.processing()
-        texts = proc.checked_texts(args.text)  # every sentence is checked before anything is written
-        image_inputs = proc.image(rgb)
-        args.out.mkdir(parents=True, exist_ok=True)
-        for i, (sentence, text_inputs) in enumerate(zip(args.text, texts)):  # one entry per sentence
-            started = time.perf_counter()
-            out = rt.infer({**image_inputs, **text_inputs})
-            mask = proc.postprocess(out["mask_logits"][0], rgb.shape[:2])
-            ms = (time.perf_counter() - started) * 1e3
-            stem = args.image.stem if len(args.text) == 1 else f"{args.image.stem}_{i}"
-            save_mask_and_overlay(rgb, mask, args.out / f"{stem}_mask.png", args.out / f"{stem}_overlay.png")
-            print(f"{sentence!r}: {int(mask.sum())} px ({mask.mean():.1%}) in {ms:.1f} ms -> {args.out / stem}_*.png")
+        for prediction in segment_to_files(rt, bundle.processing(), rgb, args.text, args.image.stem, args.out):
+            print(prediction.line())
     except PipelineError as exc:
         return fail(exc)
     return 0

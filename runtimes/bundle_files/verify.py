@@ -16,7 +16,7 @@ import json
 import sys
 
 import numpy as np
-from common import BACKENDS, ArtifactError, Bundle, PipelineError, fail
+from common import BACKENDS, MASK_OUTPUT, ArtifactError, Bundle, PipelineError, fail
 
 
 def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
@@ -39,10 +39,10 @@ def main(argv: list[str] | None = None) -> int:
         results, ok = {}, True
         for precision in [args.precision] if args.precision else bundle.precisions:
             entry = bundle.model_entry(precision)
-            expected = np.load(bundle.root / bundle.golden_outputs(args.backend, precision))["mask_logits"]
+            expected = np.load(bundle.root / bundle.golden_outputs(args.backend, precision))[MASK_OUTPUT]
             rt = bundle.runtime(args.backend, precision, args.threads)
             got = np.concatenate(
-                [rt.infer({k: v[i : i + 1] for k, v in inputs.items()})["mask_logits"] for i in range(len(expected))]
+                [rt.infer({k: v[i : i + 1] for k, v in inputs.items()})[MASK_OUTPUT] for i in range(len(expected))]
             )
             if got.shape != expected.shape:  # also keeps got - expected from broadcasting
                 raise ArtifactError(

@@ -17,8 +17,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from .api import VERSIONS, ApiVersion
+from .builder import PLAN_MAGIC, plan_of
 from .cuda import FakeDevice, cuda_python_modules
-from .trt import PLAN_MAGIC, make_tensorrt, plan_of
+from .trt import make_tensorrt
 
 __all__ = ["VERSIONS", "ApiVersion", "FakeDevice", "FakeEnv", "PLAN_MAGIC", "install", "make_tensorrt", "plan_of"]
 

@@ -126,52 +126,63 @@ class FakeDevice:
         return buf[start : start + nbytes].view(dtype).reshape(shape)
 
 
-def cuda_python_modules(device: FakeDevice, layout: str = "bindings") -> dict[str, types.ModuleType | None]:
-    """``sys.modules`` entries for cuda-python over ``device`` (None entries make that import fail).
+class CudaRuntimeApi:
+    """The cuda-python runtime calls over one :class:`FakeDevice`; each bound method is one function of the module."""
 
-    Args:
-        device: the fake GPU.
-        layout: ``"bindings"`` (``cuda.bindings.runtime``) or ``"cudart"`` (``from cuda import cudart`` only).
-    """
-    rt = types.ModuleType("cuda.bindings.runtime" if layout == "bindings" else "cuda.cudart")
-    ok = cudaError_t.cudaSuccess
+    FUNCTIONS = (
+        "cudaGetErrorString",
+        "cudaStreamCreate",
+        "cudaStreamSynchronize",
+        "cudaGetDevice",
+        "cudaGetDeviceProperties",
+        "cudaMalloc",
+        "cudaFree",
+        "cudaMemcpyAsync",
+    )
 
-    def fail_if_old_driver() -> cudaError_t | None:
-        return cudaError_t.cudaErrorInsufficientDriver if device.insufficient_driver else None
+    def __init__(self, device: FakeDevice) -> None:
+        self.device = device
 
-    def cudaGetErrorString(error):  # noqa: N802
-        return ok, _ERROR_STRINGS.get(cudaError_t(int(error)), b"unknown error")
+    def _old_driver(self) -> cudaError_t | None:
+        return cudaError_t.cudaErrorInsufficientDriver if self.device.insufficient_driver else None
 
-    def cudaStreamCreate():  # noqa: N802
-        err = fail_if_old_driver()
+    def cudaGetErrorString(self, error):  # noqa: N802
+        return cudaError_t.cudaSuccess, _ERROR_STRINGS.get(cudaError_t(int(error)), b"unknown error")
+
+    def cudaStreamCreate(self):  # noqa: N802
+        err = self._old_driver()
         if err is not None:
             return err, None
-        handle = 0x5000 + len(device.streams) + 1
-        device.streams.add(handle)
-        return ok, cudaStream_t(handle)
+        handle = 0x5000 + len(self.device.streams) + 1
+        self.device.streams.add(handle)
+        return cudaError_t.cudaSuccess, cudaStream_t(handle)
 
-    def cudaStreamSynchronize(stream):  # noqa: N802
-        return (ok,) if int(stream) in device.streams else (cudaError_t.cudaErrorInvalidResourceHandle,)
+    def cudaStreamSynchronize(self, stream):  # noqa: N802
+        if int(stream) in self.device.streams:
+            return (cudaError_t.cudaSuccess,)
+        return (cudaError_t.cudaErrorInvalidResourceHandle,)
 
-    def cudaGetDevice():  # noqa: N802
-        err = fail_if_old_driver()
-        return (err, 0) if err is not None else (ok, 0)
+    def cudaGetDevice(self):  # noqa: N802
+        err = self._old_driver()
+        return (err, 0) if err is not None else (cudaError_t.cudaSuccess, 0)
 
-    def cudaGetDeviceProperties(device_id):  # noqa: N802
-        err = fail_if_old_driver()
+    def cudaGetDeviceProperties(self, device_id):  # noqa: N802
+        err = self._old_driver()
         if err is not None:
             return err, None
         if int(device_id) != 0:
             return cudaError_t.cudaErrorInvalidValue, None
-        return ok, cudaDeviceProp(device.name.encode() + b"\x00" * 4, *device.compute_capability)
+        device = self.device
+        return cudaError_t.cudaSuccess, cudaDeviceProp(device.name.encode() + b"\x00" * 4, *device.compute_capability)
 
-    def cudaMalloc(size):  # noqa: N802
-        return ok, device.malloc(int(size))
+    def cudaMalloc(self, size):  # noqa: N802
+        return cudaError_t.cudaSuccess, self.device.malloc(int(size))
 
-    def cudaFree(devPtr):  # noqa: N802, N803
-        return (ok,) if device.free(int(devPtr)) else (cudaError_t.cudaErrorInvalidValue,)
+    def cudaFree(self, devPtr):  # noqa: N802, N803
+        return (cudaError_t.cudaSuccess,) if self.device.free(int(devPtr)) else (cudaError_t.cudaErrorInvalidValue,)
 
-    def cudaMemcpyAsync(dst, src, count, kind, stream):  # noqa: N802
+    def cudaMemcpyAsync(self, dst, src, count, kind, stream):  # noqa: N802
+        device = self.device
         kind = cudaMemcpyKind(int(kind))
         if int(stream) not in device.streams:
             return (cudaError_t.cudaErrorInvalidResourceHandle,)
@@ -185,19 +196,20 @@ def cuda_python_modules(device: FakeDevice, layout: str = "bindings") -> dict[st
             return (cudaError_t.cudaErrorInvalidValue,)  # device side not allocated, or host side is device memory
         ctypes.memmove(int(dst), int(src), int(count))
         device.copies.append((kind.name, int(count)))
-        return (ok,)
+        return (cudaError_t.cudaSuccess,)
 
-    for fn in (
-        cudaGetErrorString,
-        cudaStreamCreate,
-        cudaStreamSynchronize,
-        cudaGetDevice,
-        cudaGetDeviceProperties,
-        cudaMalloc,
-        cudaFree,
-        cudaMemcpyAsync,
-    ):
-        setattr(rt, fn.__name__, fn)
+
+def cuda_python_modules(device: FakeDevice, layout: str = "bindings") -> dict[str, types.ModuleType | None]:
+    """``sys.modules`` entries for cuda-python over ``device`` (None entries make that import fail).
+
+    Args:
+        device: the fake GPU.
+        layout: ``"bindings"`` (``cuda.bindings.runtime``) or ``"cudart"`` (``from cuda import cudart`` only).
+    """
+    rt = types.ModuleType("cuda.bindings.runtime" if layout == "bindings" else "cuda.cudart")
+    api = CudaRuntimeApi(device)
+    for name in CudaRuntimeApi.FUNCTIONS:
+        setattr(rt, name, getattr(api, name))
     rt.cudaError_t, rt.cudaMemcpyKind, rt.cudaStream_t = cudaError_t, cudaMemcpyKind, cudaStream_t
 
     cuda = types.ModuleType("cuda")
