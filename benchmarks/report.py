@@ -18,15 +18,22 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.report_html import render_html
+from benchmarks.report_int8_debug import diagnostic_sections
 from benchmarks.report_markdown import render_markdown
 from benchmarks.report_plot import plot
 from benchmarks.report_tables import gallery_entries
 from foundation.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 
 
-def write_report(rep: dict[str, Any], out_dir: str | Path, gallery_dir: str | Path | None = None) -> dict[str, Path]:
+def write_report(
+    rep: dict[str, Any],
+    out_dir: str | Path,
+    gallery_dir: str | Path | None = None,
+    pictures_dir: str | Path | None = None,
+) -> dict[str, Path]:
     """Write ``report.md``, ``report.html``, ``report.json``, ``latency_vs_miou.png`` and ``.svg`` into ``out_dir``,
-    and the mask gallery's pictures (``rep["gallery"]``, PNGs read from ``gallery_dir``) under ``out_dir/gallery/``.
+    the mask gallery's pictures (``rep["gallery"]``, PNGs read from ``gallery_dir``) under ``out_dir/gallery/``, and
+    the diagnostics' plots (read from ``pictures_dir``, the diagnose stage's folder) beside the report.
 
     Returns:
         Name → path of each file written.
@@ -50,7 +57,14 @@ def write_report(rep: dict[str, Any], out_dir: str | Path, gallery_dir: str | Pa
     for name, data in pictures.items():
         paths[f"gallery/{name}"] = out / "gallery" / name
         atomic_write_bytes(paths[f"gallery/{name}"], data)
-    atomic_write_text(paths["html"], render_html(rep, svg=svg, png=png, gallery=pictures))
+    plots = {}
+    for section in diagnostic_sections(rep):
+        source = Path(pictures_dir or ".") / (section.picture or "")
+        if section.picture and source.is_file():
+            plots[section.picture] = source.read_bytes()
+            paths[section.picture] = out / section.picture
+            atomic_write_bytes(paths[section.picture], plots[section.picture])
+    atomic_write_text(paths["html"], render_html(rep, svg=svg, png=png, gallery=pictures, pictures=plots))
     atomic_write_json(paths["json"], rep)
     return paths
 

@@ -96,6 +96,7 @@ def _artifact_row(
         "peak_rss_mb": ((ben or {}).get("peak_rss") or {}).get("peak_rss_mb"),
         "split_graph": (ben or {}).get("split_graph"),
         "fallback_nodes": _fallback(name, quant_figures),
+        "roofline": (ben or {}).get("roofline"),
     }
 
 
@@ -138,6 +139,7 @@ def assemble(
         "machine": bench.get("machine") or validation.get("machine") or {},
         "bench_settings": bench.get("settings", {}),
         "processing": bench.get("processing", {}),
+        "peaks": bench.get("peaks", {}),
         "rows": rows,
         "kinds": kinds,
         "splits": splits,

@@ -10,6 +10,7 @@ import html
 from typing import Any
 
 from benchmarks.report_assembly import STATUS_COLOURS
+from benchmarks.report_int8_debug import diagnostic_sections
 from benchmarks.report_tables import (
     GALLERY_NOTE,
     GALLERY_TITLE,
@@ -86,11 +87,27 @@ def _gallery_html(rep: dict[str, Any], pictures: dict[str, bytes]) -> list[str]:
     return parts
 
 
+def _diagnostics_html(rep: dict[str, Any], pictures: dict[str, bytes]) -> list[str]:
+    parts = []
+    for section in diagnostic_sections(rep):
+        parts += [f"<h2>{html.escape(section.title)}</h2>", *(f"<p>{_md_inline(line)}</p>" for line in section.lines)]
+        if section.body:
+            parts.append(_html_table(section.head, section.body))
+        if section.picture in pictures:
+            data = base64.b64encode(pictures[section.picture]).decode()
+            parts.append(f'<img alt="{html.escape(section.title)}" src="data:image/png;base64,{data}">')
+    return parts
+
+
 def render_html(
-    rep: dict[str, Any], svg: str | None = None, png: bytes | None = None, gallery: dict[str, bytes] | None = None
+    rep: dict[str, Any],
+    svg: str | None = None,
+    png: bytes | None = None,
+    gallery: dict[str, bytes] | None = None,
+    pictures: dict[str, bytes] | None = None,
 ) -> str:
     """A self-contained HTML page: inline CSS, the plot inline (SVG, or base64 PNG), the gallery's pictures inline
-    (``gallery``: file name -> PNG bytes), no external resources."""
+    (``gallery``: file name -> PNG bytes), the diagnostics' plots inline (``pictures``), no external resources."""
     ctx = rep.get("context", {})
     front = {i for i, r in enumerate(rep["rows"]) if r["name"] in set(rep.get("pareto", []))}
     if svg:
@@ -124,6 +141,7 @@ def render_html(
     if sg_body:
         parts += ["<h2>Split graph: one encoded frame, k expressions (p50 ms)</h2>", _html_table(sg_head, sg_body)]
     parts += _gallery_html(rep, gallery or {})
+    parts += _diagnostics_html(rep, pictures or {})
     parts += ["<h2>How these figures were measured</h2>", _html_list(notes(rep))]
     if ctx.get("commands"):
         parts += ["<p>Reproduce:</p><pre>", html.escape("\n".join(ctx["commands"])), "</pre>"]

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from benchmarks.report_int8_debug import diagnostic_sections
 from benchmarks.report_tables import (
     GALLERY_NOTE,
     GALLERY_TITLE,
@@ -62,6 +63,12 @@ def render_markdown(rep: dict[str, Any], plot_name: str = "latency_vs_miou.png")
     if sg_body:
         parts += ["## Split graph: one encoded frame, k expressions (p50 ms)", "", _md_table(sg_head, sg_body), ""]
     parts += _gallery_markdown(rep)
+    for section in diagnostic_sections(rep):
+        parts += [f"## {section.title}", "", *section.lines, ""]
+        if section.body:
+            parts += [_md_table(section.head, section.body), ""]
+        if section.picture:
+            parts += [f"![{section.title}]({section.picture})", ""]
     parts += ["## How these figures were measured", "", *notes(rep)]
     if ctx.get("commands"):
         parts += ["", "Reproduce:", "", "```", *ctx["commands"], "```"]

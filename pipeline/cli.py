@@ -132,9 +132,10 @@ def cmd_report(args: argparse.Namespace, cfg: Config) -> int:
             f"--device {cfg.device.name} --stages validate,bench (with the same --config and --set)"
         )
     final = runner.stage_dir("report")
-    rep = build_report(cfg, validate, bench, runner.stage_dir("quantize"), final)
+    optional = {n: runner.stage_dir(n) if runner.status(n).state != "disabled" else None for n in ("qat", "diagnose")}
+    rep = build_report(cfg, validate, bench, runner.stage_dir("quantize"), final, optional["qat"], optional["diagnose"])
     out = args.out or final.parent / RERENDERED
-    for path in write_report(rep, out, validate / GALLERY).values():
+    for path in write_report(rep, out, validate / GALLERY, optional["diagnose"]).values():
         print(path)
     return 0
 

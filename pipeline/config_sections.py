@@ -252,14 +252,32 @@ class QATConfig(Section):
         "auto", description="auto: each INT8 path whose PTQ drop (after fallback) misses quant.target_miou"
     )
     steps: int = Field(150, ge=1, description="fine-tuning steps per INT8 path")
-    batch_size: int | None = Field(None, ge=1, description="default: train.batch_size")
+    batch_size: int = Field(8, ge=1, description="samples per fine-tuning step")
     lr: float = Field(1e-5, gt=0, description="peak learning rate of the weights")
     scale_lr: float = Field(1e-3, gt=0, description="learning rate of the quantizer scales")
     temperature: float = Field(2.0, gt=0, description="softens both sigmoids of the logit distillation")
     logit_weight: float = Field(1.0, ge=0, description="weight of the mask-logit distillation from the FP32 model")
     task_weight: float = Field(1.0, ge=0, description="weight of the Dice + BCE loss on the ground truth")
     calibration_samples: int = Field(32, ge=1, description="calibration samples that set the initial scales")
+    openvino_from: Literal["qdq", "nncf"] = Field(
+        "qdq",
+        description="the OpenVINO QAT IR: qdq converts the fine-tuned Q/DQ ONNX (one fine-tuning for both paths); "
+        "nncf fine-tunes NNCF's PyTorch quantizer (its IR, converted from torch, ran 1.4x slower here)",
+    )
     log_every: int = Field(25, ge=1, description="steps between loss log lines (and curve points)")
+
+
+class DiagnoseConfig(Section):
+    """Why an INT8 artifact loses accuracy (the ``diagnose`` stage): per-layer-group sensitivity, first divergence."""
+
+    enabled: bool = Field(True, description="run the diagnose stage (a few minutes on the demo model)")
+    samples: int = Field(32, ge=1, description="tuning-subset samples each sensitivity variant is scored on")
+    max_groups: int = Field(12, ge=1, description="layer groups of the sensitivity analysis (bounds its time)")
+    modes: list[Literal["float", "quantized"]] = Field(
+        default_factory=lambda: ["float"], description="float: each group alone float; quantized: alone INT8"
+    )
+    divergence_samples: int = Field(4, ge=1, description="calibration samples of the first-divergence comparison")
+    sqnr_threshold_db: float = Field(20.0, description="a layer diverges when its SQNR against FP32 falls below")
 
 
 class QuantConfig(Section):
@@ -280,8 +298,14 @@ class QuantConfig(Section):
     )
     eval_samples: int = Field(200, ge=1, description="validation subset (eval splits) the drop is measured on")
     max_fallback_steps: int = Field(8, ge=0, description="Q/DQ fallback rounds (0: none)")
+    fallback_order: Literal["sensitivity", "noise"] = Field(
+        "sensitivity",
+        description="order nodes return to float: layer groups by measured accuracy recovery (quant.diagnose "
+        "samples and groups), or each node's local INT8 noise (cheaper)",
+    )
     latency_runs: int = Field(20, ge=1, description="timed runs of the quick speed-up measurement")
     qat: QATConfig = Field(default_factory=QATConfig)
+    diagnose: DiagnoseConfig = Field(default_factory=DiagnoseConfig)
 
 
 class BuildConfig(Section):

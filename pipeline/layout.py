@@ -32,6 +32,7 @@ TOKENIZER = "tokenizer"  # export: the tokenizer files every artifact's descript
 TUNING_IDS = "tuning_ids.json"  # quantize: the samples the INT8 fallback was tuned on (validate leaves them out)
 RESULTS = "results.json"  # validate, bench: the per-artifact results
 GALLERY = "gallery"  # validate: the mask gallery's pictures and index
+DIAGNOSE = "diagnose.json"  # diagnose: per INT8 artifact, its layer-group sensitivity and first divergence
 BUNDLE = "bundle"  # bundle: the unpacked deploy bundle (beside bundle.tar.gz)
 RERENDERED = "report-rerendered"  # `python -m pipeline report`: a re-render beside the report stage's folder
 

@@ -61,12 +61,6 @@ def prepare_nncf_qat(
     return quantized
 
 
-def quantizer_parameters(module: Any, weights: Sequence[Any]) -> list[Any]:
-    """The trainable tensors NNCF added (quantizer scales and ranges): every parameter that is not a model weight."""
-    known = {id(p) for p in weights}
-    return [p for p in module.parameters() if id(p) not in known and p.requires_grad]
-
-
 def export_qat_openvino(
     module: Any, example: Sequence[Any], xml_path: str | Path, description: dict[str, Any], token_inputs: Sequence[int]
 ) -> Path:

@@ -184,6 +184,7 @@ def accuracy_fallback(
     backend: str = "auto",
     float_dtype: str = "fp32",
     metadata: dict[str, Any] | None = None,
+    rank: Callable[[Path], list[tuple[str, float]]] | None = None,
 ) -> FallbackResult:
     """Quantize, then return the most sensitive nodes to float until the mIoU drop is within ``target_points``.
 
@@ -200,6 +201,9 @@ def accuracy_fallback(
         backend: Q/DQ backend (see :func:`resolve_backend`).
         float_dtype: float remainder (``fp32`` / ``fp16``).
         metadata: description entries for the artifact.
+        rank: ``rank(first_qdq_path) -> [(node, score), ...]``, most sensitive first: the order nodes return to
+            float (e.g. the layer-group accuracy sensitivity, :mod:`quantize.sensitivity`); default: the local INT8
+            noise of each node's inputs (:func:`rank_sensitivity`).
 
     Returns:
         A :class:`FallbackResult`; the file at ``out_path`` is the last step's model.
@@ -223,7 +227,8 @@ def accuracy_fallback(
         step, batch = 0, 1
         while drop > target_points and step < max_steps:
             if not result.ranking:
-                result.ranking = rank_sensitivity(out_path, onnx_path, calibration, exclude=excluded)
+                ranked = rank(out_path) if rank is not None else None
+                result.ranking = ranked or rank_sensitivity(out_path, onnx_path, calibration, exclude=excluded)
             candidates = [n for n, _ in result.ranking if n not in excluded]
             if not candidates:
                 log.warning("fallback: every quantized node is already in float; drop %.3f points remains", drop)

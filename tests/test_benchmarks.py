@@ -451,11 +451,17 @@ def test_stages_end_to_end_on_tiny(tmp_path):
     assert torch_split["status"] == "ok" and set(torch_split["k"]) == {"1", "4", "8"}
     assert bench["artifacts"]["onnxruntime-fp32"]["split_graph"]["status"].startswith("unavailable")
     assert bench["artifacts"]["openvino-fp32"]["peak_rss"]["torch_imported"] is False
+    # the roofline column: FLOPs of each graph against the GEMM peaks the stage measured here
+    assert bench["peaks"]["fp32_gflops"] > 0 and bench["peaks"]["int8_gops"] > 0 and bench["peaks"]["threads"] == 1
+    roof = {n: e["roofline"] for n, e in bench["artifacts"].items() if "roofline" in e}
+    assert roof["pytorch-fp32"]["gflops"] == pytest.approx(roof["onnxruntime-fp32"]["gflops"])
+    assert roof["openvino-int8"]["int8_share"] == 0.0 and 0 < roof["openvino-fp32"]["floor_ratio"] < 1.5
     dev = run / "devices" / "x86-cpu"
     r = run_report(ctx("report", {"validate": dev / "validate", "bench": dev / "bench", "quantize": dirs["quantize"]}))
     assert r["statuses"]["onnxruntime-int8"] == "validation failed"
     md = (dev / "report" / "report.md").read_text()
     assert "TensorRT INT8" in md and "unavailable" in md and "1: /s2rm/MatMul_7" in md
+    assert "## Roofline: distance from this machine's GEMM floor" in md
     # the mask gallery: 8 samples, the broken Q/DQ copy's worst disagreements first, a panel per scored artifact
     gallery = json.loads((dev / "validate" / "gallery" / "gallery.json").read_text())
     assert len(gallery["rows"]) == 8

@@ -75,3 +75,17 @@ def test_qat_writes_both_int8_artifacts_judged_like_ptq(quantized, tmp_path):
     assert set(qdq["trt_compat"]["all_versions"]) == set(known_versions())
     assert all(qdq["trt_compat"]["all_versions"].values())
     assert qdq["qdq"]["quantized_nodes"] > 0
+
+
+@pytest.mark.slow
+def test_the_nncf_route_writes_an_openvino_ir_from_the_torch_quantizer(quantized, tmp_path):
+    from runtimes import get_runtime
+
+    overrides = ["quant.qat.mode=always", "quant.qat.openvino_from=nncf", "quant.qdq=false"]
+    ctx = _qat_ctx(quantized, tmp_path, overrides)
+    figures = run_qat(ctx)
+    assert "full_int8_qdq_qat.onnx" not in figures  # only the OpenVINO path is made, through NNCF
+    entry = figures["full_int8_qat.xml"]
+    assert entry["method"].startswith("qat (NNCF") and [p["step"] for p in entry["fine_tuning"]["curve"]] == [1, 2, 3]
+    rt = get_runtime("openvino").load(tmp_path / "qat" / "full_int8_qat.xml")
+    assert rt.metadata["quantization"]["tool"] == "nncf" and rt.metadata["quantization"]["fake_quantize_ops"] > 0

@@ -169,6 +169,29 @@ def test_fallback_returns_sensitive_nodes_to_float_under_a_tight_budget(quantize
     assert result.ranking[0][1] >= result.ranking[-1][1]
 
 
+def test_fallback_follows_the_ranking_it_is_given(quantized, tmp_path):
+    """The sensitivity ranking (or any other) decides the order nodes return to float: the fallback takes its first
+    nodes, not the noise ranking's."""
+    from quantize.calibration import load_calibration
+    from quantize.qdq import head_nodes
+    from quantize.qdq_fallback import accuracy_fallback
+    from quantize.qdq_graph import quantized_nodes
+
+    root = quantized["root"]
+    fp32 = root / "export" / "full.onnx"
+    calib = load_calibration(root / "calibrate" / "calib.npz")
+    seen: list = []
+
+    def rank(path):  # the last quantized nodes first, the reverse of graph order
+        seen.append(path)
+        return [(n, float(i)) for i, n in enumerate(reversed(quantized_nodes(path)))]
+
+    result = accuracy_fallback(fp32, tmp_path / "q.onnx", calib, lambda p: 0.9 - 0.001 * len(quantized_nodes(p)),
+                               0.9, target_points=0.01, max_steps=2, always_exclude=head_nodes(fp32), rank=rank)
+    order = [n for n, _ in result.ranking]
+    assert len(seen) == 1 and [s["newly_excluded"] for s in result.steps[1:]] == [order[:1], order[1:2]]
+
+
 def _qdq_graph(zero_point: np.ndarray, extra_op: str | None = None) -> onnx.ModelProto:
     w = numpy_helper.from_array(np.ones((4, 4), np.float32), "w")
     scale = numpy_helper.from_array(np.asarray(0.1, np.float32), "s")

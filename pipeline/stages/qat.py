@@ -6,10 +6,13 @@ Usage: ``python -m pipeline run --config configs/demo.yaml --stages qat --set qu
 ``quant.target_miou`` on the quantize stage's tuning subset (nothing to do otherwise: the stage records why);
 ``always`` fine-tunes both; ``never`` disables the stage. Per path, from the deployed FP32 checkpoint:
 
-1. the fake-quantized model, its scales calibrated like PTQ's (the starting point is the PTQ model):
-   TensorRT path: the torch fake-quant recipe (:mod:`quantize.qat_torch`: symmetric INT8, per-channel weights, Q/DQ
-   in front of Conv / MatMul / Gemm); OpenVINO path: NNCF's PyTorch quantizer (:mod:`quantize.qat_openvino`);
-   the mask head stays float in both;
+1. the fake-quantized model, its scales calibrated like PTQ's (the starting point is the PTQ model): the torch
+   fake-quant recipe (:mod:`quantize.qat_torch`: symmetric INT8, per-channel weights, Q/DQ in front of Conv /
+   Linear) for the TensorRT path, and for the OpenVINO path too by default (``quant.qat.openvino_from=qdq``: OpenVINO
+   reads the same Q/DQ ONNX as FakeQuantize ops, one fine-tuning for both paths); with ``openvino_from=nncf`` the
+   OpenVINO path fine-tunes NNCF's PyTorch quantizer instead (:mod:`quantize.qat_openvino`; its IR, converted from
+   torch, keeps ``torch.roll`` as Roll ops and ran 1.4x slower than the Q/DQ-derived IR on the demo model); the mask
+   head stays float;
 2. ``quant.qat.steps`` steps of fine-tuning with the FP32 model as the teacher (:mod:`pipeline.training.qat`);
 3. the INT8 artifact: ``full_int8_qdq_qat.onnx`` (explicit Q/DQ, checked against every TensorRT version's parser) and
    ``full_int8_qat.xml``; each judged like the PTQ artifacts, on the same tuning subset and runtime (mIoU drop, size
@@ -37,9 +40,10 @@ PATHS = {"qdq": ("onnxruntime-int8", "onnxruntime-int8-qat"), "openvino": ("open
 def paths_to_tune(cfg: Any, ptq: dict[str, Any]) -> dict[str, str]:
     """INT8 path → why it is fine-tuned (``auto``: its PTQ drop is over target; ``always``: asked)."""
     chosen: dict[str, str] = {}
+    made = {"qdq": cfg.quant.qdq, "openvino": cfg.openvino_artifacts(cfg.quant.openvino)}
     for path, (ptq_name, _) in PATHS.items():
         entry = ptq.get(FORMATS[ptq_name].file)
-        if entry is None:
+        if entry is None or not made[path]:
             continue  # that INT8 path is not made for this device
         if cfg.quant.qat.mode == "always":
             chosen[path] = "quant.qat.mode=always"
@@ -80,13 +84,14 @@ def run_qat(ctx: StageContext) -> dict[str, Any]:
     # 2. the tuning subset PTQ was judged on, and the FP32 references
     tuning = load_tuning(cfg, ctx.upstream_dirs)
     # 3. each path: fake-quantized model, fine-tuning, artifact, figures
-    if "qdq" in chosen:
+    from_qdq = "openvino" in chosen and cfg.quant.qat.openvino_from == "qdq"
+    qdq_file, ov_file = FORMATS["onnxruntime-int8-qat"].file, FORMATS["openvino-int8-qat"].file
+    if "qdq" in chosen or from_qdq:
         ort_fp32 = get_runtime("onnxruntime").load(tuning.fp32_onnx, threads=tuning.threads)
-        entry = qat_for_tensorrt(ctx, tuning, ort_fp32)
-        figures[FORMATS["onnxruntime-int8-qat"].file] = entry | ptq_beside(ptq, "onnxruntime-int8")
+        figures[qdq_file] = qat_for_tensorrt(ctx, tuning, ort_fp32) | ptq_beside(ptq, "onnxruntime-int8")
     if "openvino" in chosen:
-        entry = qat_for_openvino(ctx, tuning)
-        figures[FORMATS["openvino-int8-qat"].file] = entry | ptq_beside(ptq, "openvino-int8")
+        entry = openvino_from_qdq(ctx, tuning, figures[qdq_file]) if from_qdq else qat_for_openvino(ctx, tuning)
+        figures[ov_file] = entry | ptq_beside(ptq, "openvino-int8")
     return figures
 
 
@@ -123,12 +128,27 @@ def calibration_inputs(tuning: Tuning, n: int) -> list[tuple[Any, ...]]:
     ]
 
 
-def param_groups(module: Any, weights: list[Any], scales: list[Any], cfg: Any) -> list[dict[str, Any]]:
+def param_groups(module: Any, model_names: set[str], cfg: Any) -> list[dict[str, Any]]:
+    """AdamW groups of the fake-quantized module: its model weights at ``quant.qat.lr``, the quantizer tensors the
+    preparation added (every parameter whose name the model did not have) at ``quant.qat.scale_lr``. With
+    ``train.freeze_text`` the text encoder's quantizers keep their calibrated scales too: training them would
+    backpropagate through the whole frozen encoder, for no change of its weights."""
     q = cfg.quant.qat
-    groups = [{"params": [p for p in weights if p.requires_grad], "lr": q.lr, "name": "weights"}]
-    if scales:
-        groups.append({"params": scales, "lr": q.scale_lr, "name": "quantizer"})
-    return groups
+    weights, scales = [], []
+    for name, p in module.named_parameters():
+        if name in model_names:
+            if p.requires_grad:
+                weights.append(p)
+        elif cfg.train.freeze_text and ("text.body" in name or "text/body" in name):
+            p.requires_grad_(False)
+        elif p.requires_grad:
+            scales.append(p)
+    log.info("qat: %d weight tensors at lr %g, %d quantizer tensors at lr %g", len(weights), q.lr, len(scales),
+             q.scale_lr)  # fmt: skip
+    return [
+        {"params": weights, "lr": q.lr, "name": "weights"},
+        {"params": scales, "lr": q.scale_lr, "name": "quantizer"},
+    ]
 
 
 def qat_for_tensorrt(ctx: StageContext, tuning: Tuning, ort_fp32: Any) -> dict[str, Any]:
@@ -137,9 +157,8 @@ def qat_for_tensorrt(ctx: StageContext, tuning: Tuning, ort_fp32: Any) -> dict[s
     Raises:
         ArtifactError: a TensorRT device profile whose parser would refuse the QAT graph.
     """
-    from quantize.qat_torch import export_qat_onnx, prepare_qat, qat_summary
-
     from pipeline.training.qat import qat_finetune
+    from quantize.qat_torch import export_qat_onnx, prepare_qat, qat_summary
     from quantize.qdq_graph import inspect_qdq
     from quantize.trt_compat import check_trt_compat, known_versions
     from runtimes import get_runtime
@@ -147,18 +166,17 @@ def qat_for_tensorrt(ctx: StageContext, tuning: Tuning, ort_fp32: Any) -> dict[s
 
     cfg = ctx.cfg
     student, teacher, spec = models(ctx)
-    weights = list(student.parameters())
+    names = {n for n, _ in student.named_parameters()}
     prepare_qat(student, calibration_inputs(tuning, cfg.quant.qat.calibration_samples))
-    scales = [p for p in student.parameters() if id(p) not in {id(w) for w in weights}]
-    curve = qat_finetune(cfg, ctx.upstream("data"), student, teacher, param_groups(student, weights, scales, cfg), spec)
+    curve = qat_finetune(cfg, ctx.upstream("data"), student, teacher, param_groups(student, names, cfg), spec)
     out = ctx.out / FORMATS["onnxruntime-int8-qat"].file
     description = {k: v for k, v in read_onnx_metadata(tuning.fp32_onnx).items() if k not in ("inputs", "outputs")}
-    export_qat_onnx(student, out, description, opset=cfg.export.opset or cfg.device.opset)
+    trt = cfg.device.trt_version if cfg.device.backend == "tensorrt" else None
+    export_qat_onnx(student, out, description, opset=cfg.export.opset or cfg.device.opset, trt_version=trt)
     ort_q = get_runtime("onnxruntime").load(out, threads=tuning.threads)
     ref = tuning.score(ort_fp32.infer)
     entry = artifact_figures(ref, tuning.score(ort_q.infer), tuning.fp32_onnx, out,
                              tuning.timed(ort_fp32, ort_q, cfg.quant.latency_runs))  # fmt: skip
-    trt = cfg.device.trt_version if cfg.device.backend == "tensorrt" else None
     report = check_trt_compat(out, trt)
     if not report.ok and trt is not None:
         report.raise_for_errors()  # the bundle's engine build would fail on the robot
@@ -177,19 +195,42 @@ def qat_for_tensorrt(ctx: StageContext, tuning: Tuning, ort_fp32: Any) -> dict[s
     }
 
 
+def openvino_from_qdq(ctx: StageContext, tuning: Tuning, qdq: dict[str, Any]) -> dict[str, Any]:
+    """The OpenVINO path from the fine-tuned Q/DQ ONNX: OpenVINO reads its Q/DQ pairs as FakeQuantize ops (the same
+    graph, the same scales); judged in OpenVINO like PTQ's."""
+    from runtimes import get_runtime
+    from runtimes.export import export_openvino
+
+    cfg = ctx.cfg
+    source = ctx.out / FORMATS["onnxruntime-int8-qat"].file
+    meta = {"precision": "int8", "quantization": {"method": "qat", "tool": "torch fake-quant, Q/DQ ONNX read by "
+                                                  "OpenVINO", "source": source.name}}  # fmt: skip
+    out = export_openvino(source, ctx.out / FORMATS["openvino-int8-qat"].file, meta)
+    ov_fp32 = get_runtime("openvino").load(tuning.fp32_xml, threads=tuning.threads)
+    ov_q = get_runtime("openvino").load(out, threads=tuning.threads)
+    entry = artifact_figures(tuning.score(ov_fp32.infer), tuning.score(ov_q.infer), tuning.fp32_xml, out,
+                             tuning.timed(ov_fp32, ov_q, cfg.quant.latency_runs))  # fmt: skip
+    return entry | {
+        "runtime": "openvino",
+        "method": "qat (torch fake-quant, distillation from FP32; the Q/DQ ONNX read by OpenVINO)",
+        "fine_tuning": qdq["fine_tuning"],
+        "within_target": entry["miou_drop_points"] <= cfg.quant.target_miou,
+        "within_budget": entry["miou_drop_points"] <= cfg.quant.budget_miou,
+    }
+
+
 def qat_for_openvino(ctx: StageContext, tuning: Tuning) -> dict[str, Any]:
     """The OpenVINO path: NNCF's torch quantizer, fine-tuning, INT8 IR; judged in OpenVINO like PTQ's."""
     from pipeline.training.qat import qat_finetune
-    from quantize.qat_openvino import export_qat_openvino, prepare_nncf_qat, quantizer_parameters
+    from quantize.qat_openvino import export_qat_openvino, prepare_nncf_qat
     from runtimes import get_runtime
 
     cfg = ctx.cfg
     student, teacher, spec = models(ctx)
-    weights = list(student.parameters())
+    names = {n for n, _ in student.named_parameters()}
     calibration = calibration_inputs(tuning, cfg.quant.qat.calibration_samples)
-    qmodel = prepare_nncf_qat(student, calibration)
-    scales = quantizer_parameters(qmodel, weights)
-    curve = qat_finetune(cfg, ctx.upstream("data"), qmodel, teacher, param_groups(qmodel, weights, scales, cfg), spec)
+    qmodel = prepare_nncf_qat(student, calibration)  # NNCF's copy of the model, with its quantizers
+    curve = qat_finetune(cfg, ctx.upstream("data"), qmodel, teacher, param_groups(qmodel, names, cfg), spec)
     ov_fp32 = get_runtime("openvino").load(tuning.fp32_xml, threads=tuning.threads)
     out = ctx.out / FORMATS["openvino-int8-qat"].file
     token_positions = [i for i, name in enumerate(ov_fp32.inputs) if name != "image"]

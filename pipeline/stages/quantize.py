@@ -11,6 +11,9 @@ Writes ``full_int8.xml/.bin`` and ``full_int8_qdq.onnx``.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
 from typing import Any
 
 from foundation.io import atomic_write_json
@@ -19,6 +22,7 @@ from pipeline.layout import TUNING_IDS
 from pipeline.stage import CODE_MEASURING, StageContext, stage
 from pipeline.tuning import Tuning, artifact_figures, load_tuning
 from runtimes.formats import FORMATS
+from runtimes.formats import MASK_OUTPUT as MASK
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +99,24 @@ def quantize_for_openvino(ctx: StageContext, tuning: Tuning) -> dict[str, Any]:
     }
 
 
+def sensitivity_ranking(ctx: StageContext, tuning: Tuning, qdq: Path) -> list[tuple[str, float]]:
+    """The fallback order of a Q/DQ graph over target: its layer groups by the accuracy that keeping each one float
+    recovers on the tuning subset (:mod:`quantize.sensitivity`), most first; each node scored with its group's."""
+    from quantize.calibration import score
+    from quantize.sensitivity import measure_sensitivity
+
+    d = ctx.cfg.quant.diagnose
+    items = tuning.items[: d.samples]
+
+    def scored(infer: Callable[[Any], Any]) -> float:
+        return score(lambda f: infer(f)[MASK], items, tuning.threshold)[0]
+
+    result = measure_sensitivity(qdq, tuning.fp32_onnx, scored, modes=["float"], max_groups=d.max_groups,
+                                 threads=tuning.threads, threshold=tuning.threshold)  # fmt: skip
+    log.info("quantize: fallback order from the sensitivity of %d layer groups", len(result.groups))
+    return [(node, group.recovery or 0.0) for group in result.ranked() for node in group.nodes]
+
+
 def quantize_for_tensorrt(ctx: StageContext, tuning: Tuning, ort_fp32: Any, ref_miou: float) -> dict[str, Any]:
     """The explicit Q/DQ INT8 ONNX for TensorRT (accuracy-targeted fallback, scored in ONNX Runtime), with its
     drop, size, speed-up and TensorRT compatibility for the profile and every known version.
@@ -126,6 +148,7 @@ def quantize_for_tensorrt(ctx: StageContext, tuning: Tuning, ort_fp32: Any, ref_
         always_exclude=heads,
         backend=backend,
         float_dtype=float_dtype,
+        rank=partial(sensitivity_ranking, ctx, tuning) if q.fallback_order == "sensitivity" else None,
     )
     ort_q.load(result.path, threads=tuning.threads)
     ms = tuning.timed(ort_fp32, ort_q, q.latency_runs)

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.config import Config
-from pipeline.layout import GALLERY, RESULTS, stage_figures
+from pipeline.layout import DIAGNOSE, GALLERY, RESULTS, stage_figures
 from pipeline.stage import CODE_REPORTING, StageContext, stage
 
 COMMANDS = (
@@ -49,7 +49,15 @@ def fallback_nodes(quant: dict[str, Any]) -> dict[str, list[str]]:
     return out
 
 
-def build_report(cfg: Config, validate_dir: Path, bench_dir: Path, quantize_dir: Path, final: Path) -> dict[str, Any]:
+def build_report(
+    cfg: Config,
+    validate_dir: Path,
+    bench_dir: Path,
+    quantize_dir: Path,
+    final: Path,
+    qat_dir: Path | None = None,
+    diagnose_dir: Path | None = None,
+) -> dict[str, Any]:
     """The report of one device: validation, benchmark and quantization results with the mask gallery, assembled.
 
     The ``report`` stage and ``python -m pipeline report`` (a re-render from finished stages) both call this.
@@ -60,6 +68,8 @@ def build_report(cfg: Config, validate_dir: Path, bench_dir: Path, quantize_dir:
         bench_dir: the ``bench`` stage's folder (``results.json``).
         quantize_dir: the ``quantize`` stage's folder of the same device (its manifest lists the fallback nodes).
         final: the report stage's folder, named in the report's commands.
+        qat_dir: the ``qat`` stage's folder (its figures: QAT against PTQ), when that stage is enabled.
+        diagnose_dir: the ``diagnose`` stage's folder (sensitivity, first divergence), when enabled.
     """
     from benchmarks.gallery import read_gallery
     from benchmarks.report import load_json
@@ -79,12 +89,14 @@ def build_report(cfg: Config, validate_dir: Path, bench_dir: Path, quantize_dir:
     }
     rep = assemble(validation, bench, quant, context)
     rep["gallery"] = read_gallery(validate_dir / GALLERY)
+    rep["qat"] = stage_figures(qat_dir) if qat_dir is not None else {}
+    rep["diagnostics"] = load_json(diagnose_dir / DIAGNOSE) if diagnose_dir is not None else None
     return rep
 
 
 @stage(
     "report",
-    upstream=("validate", "bench", "quantize"),
+    upstream=("validate", "bench", "quantize", "qat", "diagnose"),
     sections=("device", "quant", "validate", "bench"),
     version="1",
     code=CODE_REPORTING,
@@ -95,8 +107,9 @@ def run_report(ctx: StageContext) -> dict[str, Any]:
     from benchmarks.report import write_report
 
     final = ctx.layout.stage_dir(ctx.name)  # where the runner puts this stage's outputs (named in the report)
-    rep = build_report(ctx.cfg, ctx.upstream("validate"), ctx.upstream("bench"), ctx.upstream("quantize"), final)
-    paths = write_report(rep, ctx.out, ctx.upstream("validate") / GALLERY)
+    up = ctx.upstream_dirs
+    rep = build_report(ctx.cfg, up["validate"], up["bench"], up["quantize"], final, up.get("qat"), up.get("diagnose"))
+    paths = write_report(rep, ctx.out, up["validate"] / GALLERY, up.get("diagnose"))
     return {
         "files": sorted(p.name for p in paths.values()),
         "statuses": {r["name"]: r["status"] for r in rep["rows"]},

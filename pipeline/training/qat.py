@@ -58,7 +58,7 @@ def qat_finetune(
     """Fine-tune ``student`` against ``teacher`` and the ground truth for ``quant.qat.steps`` steps.
 
     Args:
-        cfg: the resolved config (``quant.qat``, ``train.seed``/``threads``/``batch_size``, ``data``).
+        cfg: the resolved config (``quant.qat``, ``train.seed``/``threads``/loss weights, ``data``).
         data_dir: the ``data`` stage's folder.
         student: the fake-quantized full graph (trained in place).
         teacher: the FP32 full graph (frozen).
@@ -79,7 +79,7 @@ def qat_finetune(
     student.eval()  # BatchNorm keeps the statistics the scales were calibrated with; the weights still train
     optimizer = torch.optim.AdamW(groups, weight_decay=0.0)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: max(0.0, 1.0 - step / q.steps))
-    batches = train_batches(cfg, data_dir, spec, q.batch_size or cfg.train.batch_size)
+    batches = train_batches(cfg, data_dir, spec, q.batch_size)
     curve, window, started = [], [], time.perf_counter()
     for step in range(1, q.steps + 1):
         batch = next(batches)
