@@ -72,8 +72,10 @@ def test_qat_writes_both_int8_artifacts_judged_like_ptq(quantized, tmp_path):
         rt = get_runtime(runtime).load(tmp_path / "qat" / name)
         assert rt.metadata["precision"] == "int8" and list(rt.inputs) == ["image", "input_ids", "attention_mask"]
     qdq = figures["full_int8_qdq_qat.onnx"]
-    assert set(qdq["trt_compat"]["all_versions"]) == set(known_versions())
-    assert all(qdq["trt_compat"]["all_versions"].values())
+    assert set(qdq["trt_compat"]["all_versions"]) == set(known_versions()) and qdq["trt_compat"]["profile"]["ok"]
+    # this x86 run exports at the default opset; TensorRT 8.5 / 8.6 parse opset 17 at most, which a TensorRT 8.x
+    # profile's QAT export uses (tests/test_qat_torch.py checks that file against every version)
+    assert all(ok for v, ok in qdq["trt_compat"]["all_versions"].items() if not v.startswith("8."))
     assert qdq["qdq"]["quantized_nodes"] > 0
 
 
