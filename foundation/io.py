@@ -62,6 +62,16 @@ def json_digest(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
 
 
+def leaf_changes(old: Any, new: Any, prefix: str = "") -> list[tuple[str, Any, Any]]:
+    """The leaves where two JSON trees differ, as ``(dotted.key, old, new)`` in sorted key order."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        changes: list[tuple[str, Any, Any]] = []
+        for key in sorted(set(old) | set(new)):
+            changes += leaf_changes(old.get(key), new.get(key), f"{prefix}.{key}" if prefix else str(key))
+        return changes
+    return [] if old == new else [(prefix, old, new)]
+
+
 def fsync_dir(path: str | Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from foundation.errors import PipelineError, StageError
-from foundation.io import atomic_write_json, fsync_dir, json_digest, sha256_file
+from foundation.io import atomic_write_json, fsync_dir, json_digest, leaf_changes, sha256_file
 from pipeline.config import Config, save_config
 from pipeline.layout import CONFIG, KEY_FILE, MANIFEST, RunLayout
 from pipeline.stage import TOOLCHAIN, Stage, StageContext, get_stage, load_stages, order
@@ -59,14 +59,9 @@ def _digest(obj: Any) -> str:
     return json_digest(obj)
 
 
-def _diff(old: Any, new: Any, prefix: str = "") -> list[str]:
+def _diff(old: Any, new: Any) -> list[str]:
     """Leaf-level differences between two JSON trees, as readable ``key: old -> new`` lines."""
-    if isinstance(old, dict) and isinstance(new, dict):
-        lines: list[str] = []
-        for key in sorted(set(old) | set(new)):
-            lines += _diff(old.get(key), new.get(key), f"{prefix}.{key}" if prefix else str(key))
-        return lines
-    return [] if old == new else [f"{prefix}: {old!r} -> {new!r}"]
+    return [f"{key}: {a!r} -> {b!r}" for key, a, b in leaf_changes(old, new)]
 
 
 def _drop_temporaries(folder: Path) -> None:

@@ -33,7 +33,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from foundation.errors import CheckpointError
-from foundation.io import atomic_write_json, fsync_dir, json_digest, sha256_file
+from foundation.io import atomic_write_json, fsync_dir, json_digest, leaf_changes, sha256_file
 
 STATE_JSON = "state.json"
 MODEL_PREFIX = "model"  # model.safetensors + model.json
@@ -101,13 +101,8 @@ def _digest(tree: Any) -> str:
     return json_digest(tree)[:12]
 
 
-def _leaf_diff(old: Any, new: Any, prefix: str = "") -> list[str]:
-    if isinstance(old, dict) and isinstance(new, dict):
-        lines: list[str] = []
-        for key in sorted(set(old) | set(new)):
-            lines += _leaf_diff(old.get(key), new.get(key), f"{prefix}.{key}" if prefix else str(key))
-        return lines
-    return [] if old == new else [f"{prefix}: checkpoint {old!r} vs run {new!r}"]
+def _leaf_diff(old: Any, new: Any) -> list[str]:
+    return [f"{key}: checkpoint {a!r} vs run {b!r}" for key, a, b in leaf_changes(old, new)]
 
 
 def check_identity(path: Path, stored: dict[str, Any], expected: dict[str, Any]) -> None:
