@@ -21,6 +21,11 @@ from runtimes.tensorrt_build import build_engine, tensorrt_status
 from runtimes.tensorrt_settings import BuildSettings, default_strongly_typed
 
 try:
+    from tests.trt_onnx import tiny_qdq
+except ImportError:  # pytest's rootdir-relative import mode
+    from trt_onnx import tiny_qdq
+
+try:
     from tests.fake_tensorrt import PLAN_MAGIC, VERSIONS, install, plan_of
 except ImportError:  # pytest's rootdir-relative import mode
     from fake_tensorrt import PLAN_MAGIC, VERSIONS, install, plan_of
@@ -66,31 +71,6 @@ def _ln_model(path: Path) -> Path:
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8  # readable by the ONNX Runtime of JetPack 5 too
     path.parent.mkdir(parents=True, exist_ok=True)
-    save(model, str(path))
-    return path
-
-
-def _qdq_model(path: Path) -> Path:
-    """One Q/DQ MatMul (symmetric INT8, zero point 0) with a float32 remainder: ``image`` [1, 4] -> ``mask_logits``."""
-    inits = [
-        numpy_helper.from_array(np.eye(4, dtype=np.float32) * 2, "w"),
-        numpy_helper.from_array(np.asarray(0.05, np.float32), "s"),
-        numpy_helper.from_array(np.asarray(0, np.int8), "zp"),
-    ]
-    nodes = [
-        helper.make_node("QuantizeLinear", ["image", "s", "zp"], ["q"], name="q"),
-        helper.make_node("DequantizeLinear", ["q", "s", "zp"], ["dq"], name="dq"),
-        helper.make_node("MatMul", ["dq", "w"], ["mask_logits"], name="mm"),
-    ]
-    graph = helper.make_graph(
-        nodes,
-        "qdq",
-        [helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 4])],
-        [helper.make_tensor_value_info("mask_logits", TensorProto.FLOAT, [1, 4])],
-        inits,
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
     save(model, str(path))
     return path
 
@@ -188,7 +168,7 @@ def test_build_engine_then_runtime_infers_like_onnxruntime(tmp_path, env, versio
 
 
 def test_qdq_int8_engine_runs(tmp_path, env, version):
-    onnx_path = _qdq_model(tmp_path / "q.onnx")
+    onnx_path = tiny_qdq(tmp_path / "q.onnx")  # one Q/DQ MatMul, symmetric INT8, FP32 remainder
     settings = _settings("int8", version)  # FP32 remainder: weakly typed INT8 + FP16 before 11
     build_engine(onnx_path, tmp_path / "q.engine", settings, {"graph": "full", "precision": "int8"})
     layers = _layers(tmp_path / "q.engine")
