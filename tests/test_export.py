@@ -55,6 +55,9 @@ def build_tiny_run(root: Path, overrides: list[str] | None = None) -> dict[str, 
     if marker.is_file():
         return {"cfg": cfg, "root": root, **json.loads(marker.read_text())}
     generate_synref(root / "data", cfg.data)
+    import torch
+
+    torch.manual_seed(0)  # the same untrained model in every run, whatever the tests before it drew
     model = create_model("tiny", max_tokens=cfg.model.max_tokens)
     save_checkpoint(model, root / "train" / "best")
     figures = {
